@@ -1,0 +1,1112 @@
+"""Configuration: one YAML file -> typed, frozen settings.
+
+Loading happens in three steps, and every step reports *all* of its problems, each located by
+file, line and key path (``config/warnsvc.yaml:14: sources[0].interval: must be a duration ...``):
+
+1. **Read** the YAML with PyYAML's safe loader. The node tree is composed first, so every key
+   path (``("sources", 0, "interval")``) maps to its line; then ``${VAR}`` and
+   ``${VAR:-default}`` references in string values are replaced from the environment. This
+   happens after parsing, so a variable can never inject YAML. ``$${`` is a literal ``${``.
+2. **Validate** with pydantic models (``extra="forbid"``, frozen). Durations (``"6h"``) become
+   float seconds and sizes (``"5MB"``) int bytes; pydantic's errors are rewritten into short,
+   specific messages.
+3. **Cross-check** what one model cannot see alone: unique source, scale and level ids, and
+   that every source names a known scale.
+
+Sources form a discriminated union on ``kind``: adding a kind means adding one settings class
+and naming it in :data:`SourceSettings`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticCustomError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from warnsvc.errors import ConfigError, ConfigProblem
+from warnsvc.model import GCR2P_SCALE, Scale, normalize_name
+
+__all__ = [
+    "SOURCE_KINDS",
+    "BaseSourceSettings",
+    "DetectionSettings",
+    "FeedsSettings",
+    "FetchSettings",
+    "Gcr2pIndexSourceSettings",
+    "Gcr2pPageSourceSettings",
+    "HttpSettings",
+    "LevelSettings",
+    "ScaleSettings",
+    "ServiceSettings",
+    "Settings",
+    "SourceSettings",
+    "StorageSettings",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+Loc = tuple[str | int, ...]
+"""A key path: ``("sources", 0, "interval")`` is printed ``sources[0].interval``."""
+
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------- durations, sizes
+
+_DURATION_HINT = "a duration like 90s, 5m, 6h or 1d"
+_DURATION_UNITS = {"w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_NUMBER = r"\d+(?:\.\d+)?"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*([wdhms])")
+_DURATION_TEXT = re.compile(rf"(?:{_NUMBER}\s*[wdhms]\s*)+")
+_PLAIN_NUMBER = re.compile(_NUMBER)
+
+_SIZE_HINT = "a size like 1048576, 512KiB or 5MB"
+_SIZE_TEXT = re.compile(rf"({_NUMBER})\s*([a-z]*)", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in a duration: ``90``, ``"90s"``, ``"5m"``, ``"6h"``, ``"1d"``, ``"1h30m"``.
+
+    Units are ``s``, ``m``, ``h``, ``d`` and ``w``; parts may carry decimals (``"1.5h"``) and be
+    separated by spaces. A bare number is seconds. Raises :class:`ValueError` for anything else,
+    including negative or infinite values.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected {_DURATION_HINT}, found {_describe(value)}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _duration_seconds(value.strip())
+    else:
+        raise TypeError(f"expected {_DURATION_HINT}, found {_describe(value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be {_DURATION_HINT}, not {_describe(value)}")
+    return seconds
+
+
+def _duration_seconds(text: str) -> float:
+    if _PLAIN_NUMBER.fullmatch(text):
+        return float(text)
+    if _DURATION_TEXT.fullmatch(text):
+        return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+    raise ValueError(f"must be {_DURATION_HINT}, not {text!r}")
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration text for ``seconds``: ``5400`` -> ``"1h30m"``, ``0`` -> ``"0s"``.
+
+    Whole seconds round-trip through :func:`parse_duration`; fractions are shown to the
+    millisecond (``"1.5s"``).
+    """
+    if seconds != int(seconds):
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    rest = int(seconds)
+    parts = []
+    for unit in ("d", "h", "m", "s"):
+        amount, rest = divmod(rest, _DURATION_UNITS[unit])
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts) or "0s"
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes in a size: ``1048576``, ``"5MB"``, ``"512KiB"``, ``"1 MB"``, ``"1.5GB"``.
+
+    ``kB``/``MB``/``GB`` (or ``k``/``m``/``g``) are powers of 1000, ``KiB``/``MiB``/``GiB``
+    powers of 1024; units ignore case. Raises :class:`ValueError` unless the result is a whole,
+    non-negative number of bytes.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected {_SIZE_HINT}, found {_describe(value)}")
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        amount = _size_bytes(value.strip())
+    else:
+        raise TypeError(f"expected {_SIZE_HINT}, found {_describe(value)}")
+    if amount < 0 or amount != amount.to_integral_value():
+        raise ValueError(f"must be {_SIZE_HINT} (a whole number of bytes), not {value!r}")
+    return int(amount)
+
+
+def _size_bytes(text: str) -> Decimal:
+    match = _SIZE_TEXT.fullmatch(text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"must be {_SIZE_HINT}, not {text!r}")
+    try:
+        return Decimal(match.group(1)) * _SIZE_UNITS[unit]
+    except InvalidOperation:  # pragma: no cover - the regex admits only decimal numbers
+        raise ValueError(f"must be {_SIZE_HINT}, not {text!r}") from None
+
+
+# --------------------------------------------------------------------------- field types
+
+
+def _describe(value: object) -> str:
+    """How a value read from YAML is named in messages: ``'often'``, ``true``, ``a list``."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _duration(minimum: float = 0.0) -> BeforeValidator:
+    def validate(value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected {_DURATION_HINT}, found {_describe(value)}")
+        seconds = parse_duration(value)
+        if seconds < minimum:
+            low, got = format_duration(minimum), format_duration(seconds)
+            raise ValueError(f"must be at least {low}, not {got}")
+        return seconds
+
+    return BeforeValidator(validate)
+
+
+def _size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected {_SIZE_HINT}, found {_describe(value)}")
+    return parse_size(value)
+
+
+_INTEGER_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+
+
+def _integer(value: object) -> object:
+    """Let ``"8080"`` (from ``${PORT}``) through as an int, but not ``true``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, found {_describe(value)}")
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value)
+    return value
+
+
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def _slug(value: str) -> str:
+    if not _SLUG.fullmatch(value):
+        raise ValueError(
+            "must be lower-case letters, digits and hyphens (like 'gcr2p' or 'my-source'), "
+            f"not {value!r}"
+        )
+    return value
+
+
+def _http_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"must be an http(s) URL like https://example.org/, not {value!r}")
+    return value
+
+
+def _base_url(value: str) -> str:
+    parts = urlsplit(_http_url(value))
+    if parts.query or parts.fragment:
+        raise ValueError(f"must not have a query or fragment, not {value!r}")
+    return value.rstrip("/")
+
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def _database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            f"must be an SQLAlchemy URL like 'sqlite+aiosqlite:///data/warnsvc.db', not {value!r}"
+        ) from None
+    if url.drivername in _ASYNC_DRIVERS:
+        example = _ASYNC_DRIVERS[url.drivername]
+        raise ValueError(f"needs an async driver: write '{example}://...', not '{url.drivername}'")
+    return value
+
+
+def _lower(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+Duration = Annotated[float, _duration()]
+Size = Annotated[int, BeforeValidator(_size)]
+Slug = Annotated[str, AfterValidator(_slug)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+LogFormat = Annotated[Literal["text", "json"], BeforeValidator(_lower)]
+
+_SKIP_CROSS_CHECKS = "warnsvc.config.skip_cross_checks"
+
+
+def _default_name(data: Any, make: Callable[[str], str]) -> Any:
+    """Fill a missing ``name`` from ``id`` before validation."""
+    if isinstance(data, dict) and "name" not in data and isinstance(data.get("id"), str):
+        return {**data, "name": make(data["id"])}
+    return data
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Section(BaseModel):
+    """Every settings model rejects unknown keys and is immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
+    """Where the web server listens."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: Int = Field(default=8080, ge=0, le=65535)
+
+
+class ServiceSettings(_Section):
+    """The service as a whole: its name, public URL, web server and logging."""
+
+    name: str = Field(default="warnsvc", min_length=1)
+    base_url: Annotated[str, AfterValidator(_base_url)] = "http://127.0.0.1:8080"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    user_agent: str | None = None
+    shutdown_timeout: Duration = 10.0
+
+
+class StorageSettings(_Section):
+    """The database."""
+
+    url: Annotated[str, AfterValidator(_database_url)] = "sqlite+aiosqlite:///data/warnsvc.db"
+
+
+class DetectionSettings(_Section):
+    """How a change is confirmed before it becomes an event."""
+
+    confirmations: Int = Field(default=2, ge=1, le=10)
+    confirm_delay: Duration = 60.0
+    announce_initial: bool = False
+    failure_threshold: Int = Field(default=3, ge=1)
+
+
+class LevelSettings(_Section):
+    """One level of a configured scale."""
+
+    id: Slug
+    name: str = Field(default="", min_length=1)  # the default comes from the id
+    aliases: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_name(cls, data: Any) -> Any:
+        return _default_name(data, lambda level_id: level_id.replace("-", " ").title())
+
+
+class ScaleSettings(_Section):
+    """An extra scale, its levels ordered from lowest to highest."""
+
+    id: Slug
+    name: str = Field(default="", min_length=1)  # the default comes from the id
+    levels: list[LevelSettings] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_name(cls, data: Any) -> Any:
+        return _default_name(data, str)
+
+    def to_scale(self) -> Scale:
+        """The :class:`~warnsvc.model.Scale` these settings describe."""
+        levels = [(level.id, level.name, level.aliases) for level in self.levels]
+        return Scale.build(self.id, self.name, levels)
+
+
+class FetchSettings(_Section):
+    """How a source's pages are fetched."""
+
+    timeout: Annotated[float, _duration(minimum=1)] = 30.0
+    max_bytes: Size = Field(default=5_000_000, ge=1)
+    max_redirects: Int = Field(default=5, ge=0, le=20)
+    retries: Int = Field(default=3, ge=0, le=10)
+
+
+class BaseSourceSettings(_Section):
+    """What every source kind shares. Subclasses add ``kind`` (a Literal) and their own keys."""
+
+    id: Slug
+    name: str = Field(default="", min_length=1)  # the default comes from the id
+    url: HttpUrl
+    enabled: bool = True
+    interval: Annotated[float, _duration(minimum=10)] = 21_600.0
+    jitter: Duration = 300.0
+    scale: Slug
+    namespace: Slug
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_name(cls, data: Any) -> Any:
+        return _default_name(data, str)
+
+    @model_validator(mode="after")
+    def _check_jitter(self) -> BaseSourceSettings:
+        if self.jitter >= self.interval:
+            message = (
+                f"must be shorter than interval ({format_duration(self.interval)}), "
+                f"not {format_duration(self.jitter)}"
+            )
+            if "jitter" not in self.model_fields_set:
+                message += " (the default); set a smaller jitter"
+            raise PydanticCustomError("field_error", message, {"field": "jitter"})
+        return self
+
+
+class Gcr2pIndexSourceSettings(BaseSourceSettings):
+    """GCR2P's populations-at-risk index: every listed situation, optionally with its page."""
+
+    kind: Literal["gcr2p-index"] = "gcr2p-index"
+    scale: Slug = "gcr2p"
+    namespace: Slug = "gcr2p"
+    authoritative: bool = True
+    follow_pages: bool = True
+    page_delay: Duration = 2.0
+
+
+class Gcr2pPageSourceSettings(BaseSourceSettings):
+    """One GCR2P country or situation page."""
+
+    kind: Literal["gcr2p-page"] = "gcr2p-page"
+    scale: Slug = "gcr2p"
+    namespace: Slug = "gcr2p"
+
+
+SourceSettings = Annotated[
+    Gcr2pIndexSourceSettings | Gcr2pPageSourceSettings,
+    Field(discriminator="kind"),
+]
+"""The settings of one source; ``kind`` picks the class. Add new kinds here."""
+
+SOURCE_KINDS: Mapping[str, type[BaseSourceSettings]] = {
+    get_args(cls.model_fields["kind"].annotation)[0]: cls
+    for cls in get_args(get_args(SourceSettings)[0])
+}
+"""Every source kind and its settings class, in declaration order."""
+
+
+class FeedsSettings(_Section):
+    """The Atom, RSS and JSON feeds written to disk."""
+
+    dir: Path = Path("feeds")
+    title: str = Field(default="warnsvc alerts", min_length=1)
+    max_entries: Int = Field(default=100, ge=1, le=10_000)
+
+
+class Settings(_Section):
+    """The whole configuration. ``path`` is the file it came from (set by :func:`load_config`)."""
+
+    path: Path | None = None
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    scales: list[ScaleSettings] = []
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    sources: list[SourceSettings] = []
+    feeds: FeedsSettings = Field(default_factory=FeedsSettings)
+
+    @field_validator("service", "storage", "detection", "feeds", mode="before")
+    @classmethod
+    def _empty_section(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @field_validator("scales", "sources", mode="before")
+    @classmethod
+    def _empty_list(cls, value: object) -> object:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _check_across(self, info: ValidationInfo) -> Settings:
+        if info.context and info.context.get(_SKIP_CROSS_CHECKS):
+            return self
+        found = _cross_check(
+            list(enumerate(self.scales)),
+            _source_refs(self.sources),
+            _scale_ids(self.scales),
+            {},
+        )
+        if found:
+            raise ValueError("; ".join(f"{_format_loc(loc)}: {msg}" for loc, msg in found))
+        return self
+
+    def scale_map(self) -> dict[str, Scale]:
+        """Every scale by id: the built-in ``gcr2p`` first, then configured ones in file order.
+
+        A configured scale with id ``gcr2p`` replaces the built-in one (in its place).
+        """
+        scales = {GCR2P_SCALE.id: GCR2P_SCALE}
+        for scale in self.scales:
+            scales[scale.id] = scale.to_scale()
+        return scales
+
+    def source(self, source_id: str) -> SourceSettings:
+        """The settings of the source with this id; :class:`KeyError` if there is none."""
+        for source in self.sources:
+            if source.id == source_id:
+                return source
+        raise KeyError(source_id)
+
+
+_INTERNAL_FIELDS: Mapping[type[BaseModel], frozenset[str]] = {Settings: frozenset({"path"})}
+"""Fields that are set by code, never read from the file."""
+
+_SCALE_ADAPTER: TypeAdapter[ScaleSettings] = TypeAdapter(ScaleSettings)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, validate and cross-check the config file at ``path``.
+
+    Raises :class:`ConfigError` listing every problem (a missing file is one problem).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(str(path), None, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        problem = ConfigProblem(str(path), None, "", f"cannot read the file: {reason}")
+        raise ConfigError([problem]) from exc
+    settings = parse_config(text, filename=str(path), environ=environ)
+    return settings.model_copy(update={"path": path})
+
+
+def parse_config(text: str, *, filename: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate config ``text``; ``filename`` is only used in problems.
+
+    ``environ`` (default: :data:`os.environ`) resolves ``${VAR}`` references.
+    """
+    document = _read_yaml(text, filename, os.environ if environ is None else environ)
+    if document.fatal:
+        raise ConfigError(document.problems)
+    checker = _Checker(filename, document)
+    settings = checker.validate()
+    if checker.problems or settings is None:
+        raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))
+    return settings
+
+
+# --------------------------------------------------------------------------- YAML reading
+
+
+@dataclass
+class _Document:
+    """YAML data with the line of every key path, and the problems met while reading it."""
+
+    data: object = None
+    lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[ConfigProblem] = field(default_factory=list)
+    tainted: set[Loc] = field(default_factory=set)
+    fatal: bool = False
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_REFERENCE = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
+_REFERENCE_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+def _read_yaml(text: str, filename: str, environ: Mapping[str, str]) -> _Document:
+    document = _Document()
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is not None:
+            reader = _NodeReader(filename, environ, loader, document)
+            document.data = reader.read(root, ())
+    except yaml.MarkedYAMLError as exc:
+        document.problems.append(_syntax_problem(filename, exc))
+        document.fatal = True
+    except yaml.YAMLError as exc:
+        document.problems.append(ConfigProblem(filename, None, "", f"invalid YAML: {exc}"))
+        document.fatal = True
+    finally:
+        loader.dispose()
+    return document
+
+
+def _syntax_problem(filename: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    what = exc.problem or "syntax error"
+    if exc.context:
+        what = f"{what} ({exc.context})"
+    return ConfigProblem(filename, line, "", f"invalid YAML: {what}")
+
+
+def _short_tag(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+class _NodeReader:
+    """Turns a composed YAML node tree into plain data, recording the line of every path."""
+
+    def __init__(
+        self,
+        filename: str,
+        environ: Mapping[str, str],
+        loader: yaml.SafeLoader,
+        document: _Document,
+    ) -> None:
+        self.filename = filename
+        self.environ = environ
+        self.loader = loader
+        self.document = document
+        self.active: set[int] = set()
+        self.own_keys: dict[int, set[int]] = {}
+
+    def read(self, node: yaml.Node, loc: Loc) -> object:
+        self.document.lines.setdefault(loc, node.start_mark.line + 1)
+        if id(node) in self.active:
+            self._fail(loc, "an alias refers to itself")
+            return None
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc)
+            if isinstance(node, yaml.SequenceNode):
+                return self._sequence(node, loc)
+            return self._scalar(node, loc)
+        finally:
+            self.active.discard(id(node))
+
+    def _problem(self, loc: Loc, message: str, line: int | None = None) -> None:
+        line = line if line is not None else self.document.lines.get(loc)
+        self.document.problems.append(ConfigProblem(self.filename, line, _format_loc(loc), message))
+
+    def _fail(self, loc: Loc, message: str) -> None:
+        """A problem that makes the value at ``loc`` meaningless: validation stays quiet there."""
+        self._problem(loc, message)
+        self.document.tainted.add(loc)
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> object:
+        if node.tag != _MAP_TAG:
+            self._fail(loc, f"unsupported YAML tag {_short_tag(node.tag)!r}")
+            return None
+        # Keys written in this mapping (not merged in with `<<`); an alias visits a node twice.
+        own = self.own_keys.setdefault(id(node), {id(key) for key, _ in node.value})
+        self.loader.flatten_mapping(node)
+        result: dict[str, object] = {}
+        written: set[str] = set()
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._problem(loc, "keys must be plain strings", line)
+                continue
+            child = (*loc, key_node.value)
+            if id(key_node) in own:
+                if key_node.value in written:
+                    first = self.document.lines[child]
+                    message = f"duplicate key {key_node.value!r} (first at line {first})"
+                    self._problem(child, message, line)
+                written.add(key_node.value)
+            self.document.lines[child] = line
+            result[key_node.value] = self.read(value_node, child)
+        return result
+
+    def _sequence(self, node: yaml.SequenceNode, loc: Loc) -> object:
+        if node.tag != _SEQ_TAG:
+            self._fail(loc, f"unsupported YAML tag {_short_tag(node.tag)!r}")
+            return None
+        return [self.read(item, (*loc, index)) for index, item in enumerate(node.value)]
+
+    def _scalar(self, node: yaml.Node, loc: Loc) -> object:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError):
+            self._fail(loc, self._unreadable(node))
+            return None
+        return self._substitute(value, loc) if isinstance(value, str) else value
+
+    def _unreadable(self, node: yaml.Node) -> str:
+        if node.tag not in self.loader.yaml_constructors:
+            return f"unsupported YAML tag {_short_tag(node.tag)!r}"
+        return f"cannot read {node.value!r} as {_short_tag(node.tag)} (quote it if it is text)"
+
+    def _substitute(self, text: str, loc: Loc) -> str:
+        return _REFERENCE.sub(lambda match: self._resolve(match, loc), text)
+
+    def _resolve(self, match: re.Match[str], loc: Loc) -> str:
+        token, body = match.group(0), match.group("body")
+        if token == "$${":
+            return "${"
+        if body is None:
+            self._fail(loc, "'${' without a closing '}' (write '$${' for a literal '${')")
+            return token
+        reference = _REFERENCE_BODY.fullmatch(body)
+        if reference is None:
+            self._fail(loc, f"bad reference {token!r}: write ${{NAME}} or ${{NAME:-default}}")
+            return token
+        name, default = reference.group("name"), reference.group("default")
+        value = self.environ.get(name)
+        if value or (value is not None and default is None):
+            return value
+        if default is not None:
+            return default
+        hint = f"write ${{{name}:-default}} to give a default"
+        self._fail(loc, f"environment variable {name} is not set ({hint})")
+        return ""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Validates a read document and turns every failure into a located ConfigProblem."""
+
+    def __init__(self, filename: str, document: _Document) -> None:
+        self.filename = filename
+        self.document = document
+        self.problems = list(document.problems)
+
+    def validate(self) -> Settings | None:
+        data = self._top_level()
+        try:
+            settings = Settings.model_validate(data, context={_SKIP_CROSS_CHECKS: True})
+        except ValidationError as exc:
+            for error in exc.errors(include_url=False):
+                self._add_error(error)
+            self._cross_check_raw(data)
+            return None
+        found = _cross_check(
+            list(enumerate(settings.scales)),
+            _source_refs(settings.sources),
+            _scale_ids(settings.scales),
+            self.document.lines,
+        )
+        self._add_all(found)
+        return settings
+
+    def _top_level(self) -> object:
+        data = {} if self.document.data is None else self.document.data
+        if isinstance(data, dict):
+            for key in _INTERNAL_FIELDS[Settings] & data.keys():
+                self._add((key,), _unknown_key_message(key, Settings))
+            data = {k: v for k, v in data.items() if k not in _INTERNAL_FIELDS[Settings]}
+        return data
+
+    def _add(self, loc: Loc, message: str) -> None:
+        line = _line_of(loc, self.document.lines)
+        self.problems.append(ConfigProblem(self.filename, line, _format_loc(loc), message))
+
+    def _add_all(self, found: Iterable[tuple[Loc, str]]) -> None:
+        for loc, message in found:
+            self._add(loc, message)
+
+    def _add_error(self, error: ErrorDetails) -> None:
+        loc, message = _translate(error)
+        if not any(loc[:n] in self.document.tainted for n in range(len(loc) + 1)):
+            self._add(loc, message)
+
+    def _cross_check_raw(self, data: object) -> None:
+        """Cross-check the scales and sources that validate alone, when the whole did not."""
+        if not isinstance(data, dict):
+            return
+        scales = _valid_items(data.get("scales"), _SCALE_ADAPTER)
+        sources = _raw_source_refs(data.get("sources"))
+        raw_scales = data.get("scales")
+        scale_ids = {GCR2P_SCALE.id}
+        if isinstance(raw_scales, list):
+            scale_ids |= {
+                s["id"] for s in raw_scales if isinstance(s, dict) and _is_str(s.get("id"))
+            }
+        self._add_all(_cross_check(scales, sources, scale_ids, self.document.lines))
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _valid_items(raw: object, adapter: TypeAdapter[T]) -> list[tuple[int, T]]:
+    if not isinstance(raw, list):
+        return []
+    items = []
+    for index, item in enumerate(raw):
+        try:
+            items.append((index, adapter.validate_python(item)))
+        except ValidationError:
+            continue
+    return items
+
+
+def _line_of(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
+    """The line of the deepest node on ``loc`` that exists in the file."""
+    for length in range(len(loc), -1, -1):
+        if loc[:length] in lines:
+            return lines[loc[:length]]
+    return None
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    """``("sources", 0, "interval")`` -> ``"sources[0].interval"``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+# --------------------------------------------------------------------------- error messages
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """A pydantic error location, with discriminator tags dropped and the types along it."""
+
+    loc: Loc
+    owner: Any
+    target: Any
+    discriminator: str | None
+    variants: Mapping[str, type[BaseModel]]
+
+
+def _resolve_loc(loc: Sequence[str | int]) -> _Resolved:
+    clean: list[str | int] = []
+    owner: Any = None
+    current: Any = Settings
+    for part in loc:
+        tp, discriminator = _unwrap(current)
+        variants = _variants(tp, discriminator)
+        if isinstance(part, str) and part in variants:
+            current = variants[part]
+            continue
+        owner, current = tp, _child_type(tp, part)
+        clean.append(part)
+    tp, discriminator = _unwrap(current)
+    return _Resolved(tuple(clean), owner, tp, discriminator, _variants(tp, discriminator))
+
+
+def _unwrap(tp: Any) -> tuple[Any, str | None]:
+    """Strip ``Annotated`` and ``| None``; return the type and its discriminator, if any."""
+    discriminator = None
+    while get_origin(tp) is Annotated:
+        tp, *metadata = get_args(tp)
+        for item in metadata:
+            if isinstance(item, FieldInfo) and isinstance(item.discriminator, str):
+                discriminator = item.discriminator
+    if get_origin(tp) in (Union, UnionType):
+        members = [arg for arg in get_args(tp) if arg is not NoneType]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return tp, discriminator
+
+
+def _variants(tp: Any, discriminator: str | None) -> dict[str, type[BaseModel]]:
+    if discriminator is None or get_origin(tp) not in (Union, UnionType):
+        return {}
+    variants: dict[str, type[BaseModel]] = {}
+    for member in get_args(tp):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            for tag in get_args(member.model_fields[discriminator].annotation):
+                variants[tag] = member
+    return variants
+
+
+def _child_type(tp: Any, part: str | int) -> Any:
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
+        info = tp.model_fields.get(part)
+        return info.annotation if info is not None else None
+    if get_origin(tp) is list and isinstance(part, int):
+        return get_args(tp)[0]
+    return None
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    internal = _INTERNAL_FIELDS.get(model, frozenset())
+    return sorted(name for name in model.model_fields if name not in internal)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_key_message(key: str, model: Any) -> str:
+    message = f"unknown key {key!r}"
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return message
+    allowed = _allowed_keys(model)
+    message += f"; allowed keys: {', '.join(allowed)}"
+    if issubclass(model, BaseSourceSettings):
+        kinds = [kind for kind, cls in SOURCE_KINDS.items() if key in cls.model_fields]
+        if kinds:
+            return message + f"; {key!r} applies only to kind {' and '.join(kinds)}"
+    return message + _did_you_mean(key, allowed)
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "path_type": "a path",
+}
+
+
+def _translate(error: ErrorDetails) -> tuple[Loc, str]:
+    """The clean key path and a helpful message for one pydantic error."""
+    resolved = _resolve_loc(error["loc"])
+    loc, kind, ctx = resolved.loc, error["type"], error.get("ctx", {})
+    value = error["input"]
+    if kind == "extra_forbidden":
+        return loc, _unknown_key_message(str(loc[-1]), resolved.owner)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return _tag_problem(resolved, value)
+    if kind == "field_error":
+        return (*loc, ctx["field"]), error["msg"]
+    if kind == "missing":
+        return loc, f"missing required key {loc[-1]!r}"
+    if kind in _EXPECTED and not loc:
+        sections = ", ".join(_allowed_keys(Settings))
+        return loc, _type_message(f"a mapping of sections ({sections})", value)
+    if kind in _EXPECTED:
+        return loc, _type_message(_EXPECTED[kind], value)
+    return loc, _constraint_message(kind, ctx, value, error["msg"])
+
+
+def _tag_problem(resolved: _Resolved, value: object) -> tuple[Loc, str]:
+    key = resolved.discriminator or "kind"
+    known = ", ".join(resolved.variants)
+    if not isinstance(value, dict) or key not in value:
+        return (*resolved.loc, key), f"missing required key {key!r}; known kinds: {known}"
+    tag = value[key]
+    if not isinstance(tag, str):
+        return (*resolved.loc, key), _type_message("a string", tag) + f"; known kinds: {known}"
+    message = f"unknown {key} {tag!r}; known kinds: {known}"
+    return (*resolved.loc, key), message + _did_you_mean(tag, resolved.variants)
+
+
+def _type_message(expected: str, value: object) -> str:
+    message = f"expected {expected}, found {_describe(value)}"
+    if expected == "a string" and isinstance(value, bool):
+        message += " (YAML reads yes/no/on/off as booleans: quote the value)"
+    elif expected == "a string" and isinstance(value, int | float):
+        message += " (quote the value)"
+    return message
+
+
+def _constraint_message(kind: str, ctx: Mapping[str, Any], value: object, msg: str) -> str:
+    shown = _describe(value)
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, not {shown}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}, not {shown}"
+    if kind == "greater_than":
+        return f"must be more than {ctx['gt']}, not {shown}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, not {shown}"
+    if kind == "less_than":
+        return f"must be less than {ctx['lt']}, not {shown}"
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return f"{msg[:1].lower()}{msg[1:]}, not {shown}"
+
+
+# --------------------------------------------------------------------------- cross checks
+
+
+def _scale_ids(scales: Iterable[ScaleSettings]) -> set[str]:
+    return {GCR2P_SCALE.id, *(scale.id for scale in scales)}
+
+
+@dataclass(frozen=True)
+class _SourceRef:
+    """What the cross checks need of a source: its position, id and scale."""
+
+    index: int
+    id: str | None
+    scale: str | None
+
+
+def _source_refs(sources: Iterable[SourceSettings]) -> list[_SourceRef]:
+    return [_SourceRef(index, s.id, s.scale) for index, s in enumerate(sources)]
+
+
+def _raw_source_refs(raw: object) -> list[_SourceRef]:
+    """Source refs from unvalidated data: ids and scales that are at least well-formed slugs."""
+    if not isinstance(raw, list):
+        return []
+    return [_raw_source_ref(index, item) for index, item in enumerate(raw)]
+
+
+def _raw_source_ref(index: int, item: object) -> _SourceRef:
+    if not isinstance(item, dict):
+        return _SourceRef(index, None, None)
+    kind = item.get("kind")
+    settings = SOURCE_KINDS.get(kind) if isinstance(kind, str) else None
+    scale = item.get("scale", settings.model_fields["scale"].default if settings else None)
+    return _SourceRef(index, _raw_slug(item.get("id")), _raw_slug(scale))
+
+
+def _raw_slug(value: object) -> str | None:
+    return value if isinstance(value, str) and _SLUG.fullmatch(value) else None
+
+
+def _cross_check(
+    scales: Sequence[tuple[int, ScaleSettings]],
+    sources: Sequence[_SourceRef],
+    scale_ids: Collection[str],
+    lines: Mapping[Loc, int],
+) -> list[tuple[Loc, str]]:
+    """Problems that span items: duplicate ids and references to unknown scales."""
+    return [
+        *_check_scale_ids(scales, lines),
+        *_check_level_ids(scales, lines),
+        *_check_level_names(scales),
+        *_check_source_ids(sources, lines),
+        *_check_source_scales(sources, scale_ids),
+    ]
+
+
+def _where(item: Loc, lines: Mapping[Loc, int]) -> str:
+    """``sources[0] (line 20)``: an item and the line of its ``id``."""
+    line = lines.get((*item, "id"))
+    return _format_loc(item) + (f" (line {line})" if line is not None else "")
+
+
+def _check_scale_ids(
+    scales: Sequence[tuple[int, ScaleSettings]], lines: Mapping[Loc, int]
+) -> Iterable[tuple[Loc, str]]:
+    first: dict[str, int] = {}
+    for index, scale in scales:
+        if scale.id in first:
+            where = _where(("scales", first[scale.id]), lines)
+            yield (
+                ("scales", index, "id"),
+                f"duplicate scale id {scale.id!r}, already used by {where}",
+            )
+        first.setdefault(scale.id, index)
+
+
+def _check_level_ids(
+    scales: Sequence[tuple[int, ScaleSettings]], lines: Mapping[Loc, int]
+) -> Iterable[tuple[Loc, str]]:
+    """Level ids are unique across all scales (they name the per-level feeds)."""
+    owners: dict[str, str] = {}
+    if GCR2P_SCALE.id not in {scale.id for _, scale in scales}:
+        owners = {
+            level.id: f"the built-in scale {GCR2P_SCALE.id!r}" for level in GCR2P_SCALE.levels
+        }
+    for index, scale in scales:
+        for position, level in enumerate(scale.levels):
+            if level.id in owners:
+                message = f"duplicate level id {level.id!r}, already used by {owners[level.id]}"
+                yield ("scales", index, "levels", position, "id"), message
+                continue
+            where = _where(("scales", index, "levels", position), lines)
+            owners[level.id] = f"scale {scale.id!r} at {where}"
+
+
+def _check_level_names(scales: Sequence[tuple[int, ScaleSettings]]) -> Iterable[tuple[Loc, str]]:
+    """No name or alias may match two levels of one scale (matching ignores case, spacing)."""
+    for index, scale in scales:
+        owners: dict[str, str] = {}
+        for position, level in enumerate(scale.levels):
+            names: list[tuple[Loc, str]] = [(("name",), level.name)]
+            names += [(("aliases", n), alias) for n, alias in enumerate(level.aliases)]
+            for key in {normalize_name(level.id)} | {normalize_name(n) for _, n in names}:
+                owners.setdefault(key, level.id)
+            for suffix, name in names:
+                other = owners[normalize_name(name)]
+                if other != level.id:
+                    message = f"{name!r} also names level {other!r} of scale {scale.id!r}"
+                    yield ("scales", index, "levels", position, *suffix), message
+
+
+def _check_source_ids(
+    sources: Sequence[_SourceRef], lines: Mapping[Loc, int]
+) -> Iterable[tuple[Loc, str]]:
+    first: dict[str, int] = {}
+    for source in sources:
+        if source.id is None:
+            continue
+        if source.id in first:
+            where = _where(("sources", first[source.id]), lines)
+            message = f"duplicate source id {source.id!r}, already used by {where}"
+            yield ("sources", source.index, "id"), message
+        first.setdefault(source.id, source.index)
+
+
+def _check_source_scales(
+    sources: Sequence[_SourceRef], scale_ids: Collection[str]
+) -> Iterable[tuple[Loc, str]]:
+    known = sorted(scale_ids)
+    for source in sources:
+        if source.scale is not None and source.scale not in scale_ids:
+            message = f"unknown scale {source.scale!r}; known scales: {', '.join(known)}"
+            yield ("sources", source.index, "scale"), message + _did_you_mean(source.scale, known)
