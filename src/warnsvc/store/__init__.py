@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core schema, Alembic migrations and the queries the service needs."""

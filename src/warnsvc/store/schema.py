@@ -1,0 +1,158 @@
+"""The database schema, in SQLAlchemy Core.
+
+Portable across SQLite (the embedded default) and PostgreSQL: no dialect-specific types or SQL.
+Timestamps are stored as timezone-aware UTC through :class:`UTCDateTime`, because SQLite keeps
+no zone. Alembic migrations under ``store/migrations`` create exactly these tables; a test keeps
+the two in step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A datetime that is always timezone-aware UTC on the Python side."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+situations = Table(
+    "situations",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("source_id", String(100), nullable=False),
+    Column("name", String(500), nullable=False),
+    Column("url", Text),
+    Column("scale", String(100), nullable=False),
+    Column("level", String(100)),
+    Column("status", String(40), nullable=False),
+    Column("page_date", Date),
+    Column("summary", Text, nullable=False, default=""),
+    Column("risk_factors", JSON, nullable=False, default=list),
+    Column("content_hash", String(64), nullable=False, default=""),
+    Column("pending_level", String(100)),
+    Column("pending_status", String(40)),
+    Column("pending_count", Integer, nullable=False, default=0),
+    Column("pending_since", UTCDateTime),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+level_history = Table(
+    "level_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("situation_id", String(200), ForeignKey("situations.id"), nullable=False),
+    Column("source_id", String(100), nullable=False),
+    Column("level", String(100)),
+    Column("status", String(40), nullable=False),
+    Column("page_date", Date),
+    Column("event_id", String(64)),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Index(None, "situation_id", "id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("type", String(40), nullable=False),
+    Column("source_id", String(100), nullable=False),
+    Column("situation_id", String(200)),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("detected_at", UTCDateTime, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Index(None, "situation_id", "seq"),
+)
+
+source_health = Table(
+    "source_health",
+    metadata,
+    Column("source_id", String(100), primary_key=True),
+    Column("healthy", Boolean, nullable=False, default=True),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("last_poll_at", UTCDateTime),
+    Column("last_success_at", UTCDateTime),
+    Column("last_failure_at", UTCDateTime),
+    Column("observations", Integer, nullable=False, default=0),
+    Column("baseline_done", Boolean, nullable=False, default=False),
+)
+
+fetch_cache = Table(
+    "fetch_cache",
+    metadata,
+    Column("url", String(2000), primary_key=True),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    Column("content_type", Text),
+    Column("body", LargeBinary, nullable=False),
+    Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(64), ForeignKey("events.id"), nullable=False),
+    Column("channel", String(40), nullable=False),
+    Column("recipient", String(1000), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", Text),
+    Column("last_status", Integer),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("event_id", "channel", "recipient"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "channel", "status"),
+)
