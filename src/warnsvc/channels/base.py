@@ -1,0 +1,35 @@
+"""The Channel protocol: how claimed outbox rows are delivered.
+
+A channel receives a batch of claimed :class:`~warnsvc.outbox.Delivery` rows and returns one
+:class:`Outcome` per row; the dispatcher records each outcome in the outbox (delivered,
+rescheduled, or dead). Channels never touch the outbox themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from warnsvc.outbox import Delivery
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """The result of one delivery attempt."""
+
+    delivery_id: int
+    ok: bool
+    error: str | None = None
+    status: int | None = None
+    permanent: bool = False
+    """True when retrying cannot help: the row goes straight to dead-letter."""
+    retry_after: float | None = None
+
+
+class Channel(Protocol):
+    name: str
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Attempt every delivery once; never raise for a single row's failure."""
+        ...

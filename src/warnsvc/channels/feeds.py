@@ -1,0 +1,629 @@
+"""Feeds: Atom 1.0, RSS 2.0 and JSON Feed 1.1 files built from stored event payloads.
+
+:func:`build_feeds` turns event payloads (the shape of :meth:`warnsvc.model.Event.payload`)
+into files under ``FeedSettings.out_dir``, served by the web app at ``/feeds/<same path>``::
+
+    alerts.atom, alerts.rss, alerts.json      every event
+    situations/{situation id}.atom            the events of one situation
+    levels/{level id}.atom                    events at or above a level, either side of the change
+
+The output depends on the events only (never on the clock), entry ids are stable ``tag:`` URIs,
+and a file is replaced atomically and only when its bytes change, so the ETag and Last-Modified
+served from it stay stable and readers never see duplicates after a rebuild.
+
+Everything in a payload came from a source and is untrusted: text is stripped of characters
+that XML 1.0 forbids and HTML-escaped; a link is kept only if it is an http(s) URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from feedgen.feed import FeedGenerator
+
+from warnsvc.channels.base import Outcome
+from warnsvc.model import EventType, Level, Scale, Status
+from warnsvc.outbox import Delivery
+
+__all__ = ["FeedChannel", "FeedSettings", "build_feeds", "entry_title"]
+
+log = logging.getLogger(__name__)
+
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+EXTENSION_KEY = "_warnsvc"
+EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=UTC)
+"""The ``updated`` date of a feed without entries: fixed, so an empty feed never changes."""
+
+_ATOM_TYPE = "application/atom+xml"
+_RSS_TYPE = "application/rss+xml"
+_JSON_TYPE = "application/feed+json"
+
+# XML 1.0 allows TAB, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000-U+10FFFF; the C1
+# controls (U+007F-U+009F) are allowed but discouraged, so they go as well.
+_XML_UNSAFE = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_SAFE_FILE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+_MAX_URL_LENGTH = 2048
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedSettings:
+    """Where feeds are written and how they describe themselves."""
+
+    out_dir: Path
+    base_url: str
+    """Public base URL of the service; feed self links are ``base_url + "/feeds/..."``."""
+    title: str = "warnsvc alerts"
+    author: str = "warnsvc"
+    max_entries: int = 100
+    """Entries per feed, newest kept."""
+    id_authority: str = "warnsvc.local,2024"
+    """The authority part of the ``tag:`` URIs used as feed and entry ids."""
+
+    def __post_init__(self) -> None:
+        if self.max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {self.max_entries}")
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _clean(text: str) -> str:
+    """``text`` without the characters that XML 1.0 forbids (and C1 controls)."""
+    return _XML_UNSAFE.sub("", text)
+
+
+def _clean_line(text: str) -> str:
+    """``text`` cleaned and folded onto one line with single spaces."""
+    return " ".join(_clean(text).split())
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _safe_url(value: Any) -> str | None:
+    """``value`` if it is an absolute http(s) URL without spaces or control characters."""
+    url = _text(value).strip()
+    if not url or len(url) > _MAX_URL_LENGTH or _clean_line(url) != url or " " in url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+def _safe_file_stem(name: str) -> bool:
+    """Whether ``name`` may be used as a file name: no separators, no ``..``, not hidden."""
+    return _SAFE_FILE_STEM.fullmatch(name) is not None and ".." not in name
+
+
+# --------------------------------------------------------------------------- titles
+
+
+def _level_name(value: Any) -> str:
+    level = _mapping(value)
+    return _clean_line(_text(level.get("name")) or _text(level.get("id")))
+
+
+def _situation_name(payload: Mapping[str, Any]) -> str:
+    situation = _mapping(payload.get("situation"))
+    name = _clean_line(_text(situation.get("name")) or _text(situation.get("id")))
+    return name or "Unknown situation"
+
+
+def _change_text(kind: str, level: str, previous: str) -> str:
+    if previous and level:
+        return f"{previous} -> {level}"
+    verb = "escalated" if kind == EventType.ESCALATED else "de-escalated"
+    return f"{verb} to {level}" if level else verb
+
+
+def _delisted_text(payload: Mapping[str, Any], level: str, previous: str) -> str:
+    studied = payload.get("status") == Status.PREVIOUSLY_STUDIED
+    verb = "no longer assessed" if studied else "delisted"
+    was = previous or level
+    return f"{verb} (was {was})" if was else verb
+
+
+def _title_detail(payload: Mapping[str, Any]) -> str:
+    kind = _text(payload.get("type"))
+    level = _level_name(payload.get("level"))
+    previous = _level_name(payload.get("previous_level"))
+    if kind in (EventType.ESCALATED, EventType.DEESCALATED):
+        return _change_text(kind, level, previous)
+    if kind == EventType.LISTED:
+        return f"listed at {level}" if level else "listed"
+    if kind == EventType.DELISTED:
+        return _delisted_text(payload, level, previous)
+    if kind == EventType.UPDATED:
+        return f"analysis updated ({level})" if level else "analysis updated"
+    if kind == EventType.WEBHOOK_TEST:
+        return "test event"
+    return _clean_line(kind) or "event"
+
+
+def entry_title(payload: Mapping[str, Any]) -> str:
+    """A one-line title for an event, e.g. ``"Nagorno-Karabakh (Armenia/Azerbaijan): Serious
+    Concern -> Imminent Risk"``. Unknown keys are ignored; missing ones never raise."""
+    return f"{_situation_name(payload)}: {_title_detail(payload)}"
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Entry:
+    """One event, prepared once and shared by every feed it appears in."""
+
+    id: str
+    event_id: str
+    title: str
+    detected_at: datetime
+    link: str | None
+    summary: str
+    content_text: str
+    content_html: str
+    categories: tuple[str, ...]
+    situation: str
+    situation_name: str
+    scale: str
+    top_rank: int | None
+    """The higher rank of the event's level and previous level, on the event's scale."""
+    payload: Mapping[str, Any]
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(_text(value))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _rank(value: Any, scale: Scale | None) -> int | None:
+    """The rank of a payload level: the scale's rank for its id, else the payload's own."""
+    level = _mapping(value)
+    if not level:
+        return None
+    level_id = level.get("id")
+    for known in scale.levels if scale else ():
+        if known.id == level_id:
+            return known.rank
+    rank = level.get("rank")
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) else None
+
+
+def _top_rank(payload: Mapping[str, Any], scale: Scale | None) -> int | None:
+    ranks = [
+        r
+        for r in (_rank(payload.get("level"), scale), _rank(payload.get("previous_level"), scale))
+        if r is not None
+    ]
+    return max(ranks) if ranks else None
+
+
+def _risk_factors(payload: Mapping[str, Any]) -> list[str]:
+    factors = payload.get("risk_factors")
+    if not isinstance(factors, Sequence) or isinstance(factors, str):
+        return []
+    return [line for line in (_clean_line(f) for f in factors if isinstance(f, str)) if line]
+
+
+def _paragraphs(summary: str) -> list[str]:
+    return [line for line in (_clean_line(p) for p in _PARAGRAPH_BREAK.split(summary)) if line]
+
+
+def _source_name(payload: Mapping[str, Any]) -> str:
+    source = _mapping(payload.get("source"))
+    return _clean_line(_text(source.get("name")) or _text(source.get("id")))
+
+
+def _content_html(
+    title: str, paragraphs: list[str], factors: list[str], link: str | None, source: str
+) -> str:
+    parts = [f"<p>{_esc(p)}</p>" for p in paragraphs] or [f"<p>{_esc(title)}</p>"]
+    if factors:
+        items = "".join(f"<li>{_esc(f)}</li>" for f in factors)
+        parts.append(f"<p>Risk factors:</p>\n<ul>{items}</ul>")
+    if link:
+        parts.append(f'<p>Source: <a href="{_esc(link)}">{_esc(source or link)}</a></p>')
+    return "\n".join(parts)
+
+
+def _content_text(title: str, paragraphs: list[str], factors: list[str], link: str | None) -> str:
+    parts = ["\n\n".join(paragraphs) or title]
+    if factors:
+        parts.append("Risk factors:\n" + "\n".join(f"- {f}" for f in factors))
+    if link:
+        parts.append(f"Source: {link}")
+    return "\n\n".join(parts)
+
+
+def _categories(payload: Mapping[str, Any]) -> tuple[str, ...]:
+    terms = (_text(payload.get("type")), _text(_mapping(payload.get("level")).get("id")))
+    return tuple(t for t in (_clean_line(term) for term in terms) if t)
+
+
+def _prepare(
+    payload: Mapping[str, Any], scales: Mapping[str, Scale], settings: FeedSettings
+) -> _Entry | None:
+    """The entry for one payload, or None if it has no place in a feed."""
+    if payload.get("type") == EventType.WEBHOOK_TEST:
+        return None
+    event_id = _clean_line(_text(payload.get("id")))
+    detected_at = _parse_time(payload.get("detected_at"))
+    if not event_id or detected_at is None:
+        log.warning("feeds: skipping event without id or detected_at: %r", payload.get("id"))
+        return None
+    situation = _mapping(payload.get("situation"))
+    scale_id = _text(payload.get("scale"))
+    title = entry_title(payload)
+    link = _safe_url(situation.get("url"))
+    paragraphs = _paragraphs(_text(payload.get("summary")))
+    factors = _risk_factors(payload)
+    return _Entry(
+        id=f"tag:{settings.id_authority}:event:{event_id}",
+        event_id=event_id,
+        title=title,
+        detected_at=detected_at,
+        link=link,
+        summary="\n\n".join(paragraphs),
+        content_text=_content_text(title, paragraphs, factors, link),
+        content_html=_content_html(title, paragraphs, factors, link, _source_name(payload)),
+        categories=_categories(payload),
+        situation=_text(situation.get("id")),
+        situation_name=_situation_name(payload),
+        scale=scale_id,
+        top_rank=_top_rank(payload, scales.get(scale_id)),
+        payload=payload,
+    )
+
+
+def _prepare_all(
+    events: Sequence[Mapping[str, Any]], scales: Mapping[str, Scale], settings: FeedSettings
+) -> list[_Entry]:
+    """Entries for every event that belongs in feeds, newest first (detected_at, then id)."""
+    entries: dict[str, _Entry] = {}
+    for payload in events:
+        entry = _prepare(payload, scales, settings)
+        if entry is not None:
+            entries.setdefault(entry.id, entry)
+    return sorted(entries.values(), key=lambda e: (e.detected_at, e.event_id), reverse=True)
+
+
+# --------------------------------------------------------------------------- feed specs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Feed:
+    """One feed to write: its path under out_dir (without suffix) and its entries."""
+
+    path: str
+    id: str
+    title: str
+    subtitle: str
+    entries: list[_Entry]
+
+    @property
+    def updated(self) -> datetime:
+        return self.entries[0].detected_at if self.entries else EMPTY_FEED_DATE
+
+
+def _limited(entries: list[_Entry], settings: FeedSettings) -> list[_Entry]:
+    return entries[: settings.max_entries]
+
+
+def _global_feed(entries: list[_Entry], settings: FeedSettings) -> _Feed:
+    return _Feed(
+        path="alerts",
+        id=f"tag:{settings.id_authority}:feed:alerts",
+        title=_clean_line(settings.title) or "warnsvc alerts",
+        subtitle="Confirmed changes in risk assessments",
+        entries=_limited(entries, settings),
+    )
+
+
+def _situation_feeds(entries: list[_Entry], settings: FeedSettings) -> list[_Feed]:
+    by_situation: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        by_situation.setdefault(entry.situation, []).append(entry)
+    feeds = []
+    for situation, members in sorted(by_situation.items()):
+        if not _safe_file_stem(situation):
+            log.warning("feeds: no situation feed for unsafe id %r", situation)
+            continue
+        feeds.append(
+            _Feed(
+                path=f"situations/{situation}",
+                id=f"tag:{settings.id_authority}:feed:situation:{situation}",
+                title=_clean_line(f"{settings.title}: {members[0].situation_name}"),
+                subtitle=f"Confirmed changes for {members[0].situation_name}",
+                entries=_limited(members, settings),
+            )
+        )
+    return feeds
+
+
+def _levels_by_id(scales: Mapping[str, Scale]) -> dict[str, list[tuple[Scale, Level]]]:
+    """Every level id of every scale, with the (scale, level) pairs that use it."""
+    by_id: dict[str, list[tuple[Scale, Level]]] = {}
+    for scale in scales.values():
+        for level in scale.levels:
+            by_id.setdefault(level.id, []).append((scale, level))
+    return by_id
+
+
+def _at_or_above(entry: _Entry, pairs: list[tuple[Scale, Level]]) -> bool:
+    return entry.top_rank is not None and any(
+        entry.scale == scale.id and entry.top_rank >= level.rank for scale, level in pairs
+    )
+
+
+def _level_feeds(
+    entries: list[_Entry], scales: Mapping[str, Scale], settings: FeedSettings
+) -> list[_Feed]:
+    feeds = []
+    for level_id, pairs in sorted(_levels_by_id(scales).items()):
+        if not _safe_file_stem(level_id):
+            log.warning("feeds: no level feed for unsafe level id %r", level_id)
+            continue
+        name = pairs[0][1].name
+        feeds.append(
+            _Feed(
+                path=f"levels/{level_id}",
+                id=f"tag:{settings.id_authority}:feed:level:{level_id}",
+                title=_clean_line(f"{settings.title}: {name} and above"),
+                subtitle=f"Changes to or from {name} or a higher level",
+                entries=_limited([e for e in entries if _at_or_above(e, pairs)], settings),
+            )
+        )
+    return feeds
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _url(settings: FeedSettings, path: str) -> str:
+    return settings.base_url.rstrip("/") + "/feeds/" + quote(path, safe="/:")
+
+
+def _home_url(settings: FeedSettings) -> str:
+    return settings.base_url.rstrip("/") + "/"
+
+
+def _generator(feed: _Feed, settings: FeedSettings, self_url: str, mime: str) -> FeedGenerator:
+    gen = FeedGenerator()
+    gen.id(feed.id)
+    gen.title(_clean(feed.title))
+    gen.subtitle(_clean(feed.subtitle))
+    gen.author({"name": _clean_line(settings.author) or "warnsvc"})
+    gen.link(href=self_url, rel="self", type=mime)
+    gen.link(href=_home_url(settings), rel="alternate")
+    gen.generator("warnsvc")
+    gen.updated(feed.updated)
+    for entry in feed.entries:
+        _add_entry(gen, entry)
+    return gen
+
+
+def _add_entry(gen: FeedGenerator, entry: _Entry) -> None:
+    item = gen.add_entry(order="append")
+    item.id(entry.id)
+    item.title(entry.title)
+    item.updated(entry.detected_at)
+    item.published(entry.detected_at)
+    if entry.link:
+        item.link(href=entry.link, rel="alternate")
+    # No Atom summary: feedgen would copy it, unescaped, into the RSS description, which
+    # readers render as HTML. The content (escaped HTML) serves as both.
+    item.content(entry.content_html, type="html")
+    item.category([{"term": term} for term in entry.categories])
+
+
+def _atom_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
+    gen = _generator(feed, settings, _url(settings, feed.path + ".atom"), _ATOM_TYPE)
+    data: bytes = gen.atom_str(pretty=True)
+    return data
+
+
+def _rss_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
+    gen = _generator(feed, settings, _url(settings, feed.path + ".rss"), _RSS_TYPE)
+    data: bytes = gen.rss_str(pretty=True)
+    return data
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping turned into a dict and every sequence into a list."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json_item(entry: _Entry) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": entry.id}
+    if entry.link:
+        item["url"] = entry.link
+    item.update(
+        title=entry.title,
+        content_text=entry.content_text,
+        content_html=entry.content_html,
+        date_published=_iso(entry.detected_at),
+        tags=list(entry.categories),
+    )
+    if entry.summary:
+        item["summary"] = entry.summary
+    item[EXTENSION_KEY] = _plain(entry.payload)
+    return item
+
+
+def _json_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
+    document = {
+        "version": JSON_FEED_VERSION,
+        "title": feed.title,
+        "home_page_url": _home_url(settings),
+        "feed_url": _url(settings, feed.path + ".json"),
+        "description": feed.subtitle,
+        "authors": [{"name": _clean_line(settings.author) or "warnsvc"}],
+        "items": [_json_item(entry) for entry in feed.entries],
+    }
+    text = json.dumps(document, ensure_ascii=False, indent=2, default=str)
+    return (text + "\n").encode("utf-8")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX only; a no-op elsewhere)."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a synced temp file in the same directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` unless it already holds exactly these bytes."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    _write_atomically(path, data)
+    return True
+
+
+_Renderer = Callable[[_Feed, FeedSettings], bytes]
+
+
+def _outputs(
+    entries: list[_Entry], scales: Mapping[str, Scale], settings: FeedSettings
+) -> list[tuple[str, _Renderer, _Feed]]:
+    """Every file to write: (relative path, renderer, feed)."""
+    alerts = _global_feed(entries, settings)
+    outputs: list[tuple[str, _Renderer, _Feed]] = [
+        ("alerts.atom", _atom_bytes, alerts),
+        ("alerts.rss", _rss_bytes, alerts),
+        ("alerts.json", _json_bytes, alerts),
+    ]
+    for feed in (*_situation_feeds(entries, settings), *_level_feeds(entries, scales, settings)):
+        outputs.append((feed.path + ".atom", _atom_bytes, feed))
+    return outputs
+
+
+def build_feeds(
+    events: Sequence[Mapping[str, Any]], scales: Mapping[str, Scale], settings: FeedSettings
+) -> list[Path]:
+    """Write every feed for ``events`` under ``settings.out_dir``; return the files that changed.
+
+    ``events`` are event payloads in any order (newest first as they come from the events
+    table); ``scales`` maps scale ids to scales and decides which level feeds exist. Files
+    whose bytes would not change are left alone, so rebuilding is cheap and keeps mtimes.
+    """
+    entries = _prepare_all(events, scales, settings)
+    written = []
+    for relative, render, feed in _outputs(entries, scales, settings):
+        path = settings.out_dir / relative
+        if _write_if_changed(path, render(feed, settings)):
+            written.append(path)
+    if written:
+        log.info("feeds: wrote %d file(s) under %s", len(written), settings.out_dir)
+    return written
+
+
+# --------------------------------------------------------------------------- the channel
+
+FEEDS_CHANNEL = "feeds"
+FEEDS_RECIPIENT = "files"
+_HISTORY_LIMIT = 10_000
+
+
+class EventSource(Protocol):
+    async def recent_events(
+        self, *, limit: int = 100, situation: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+
+class FeedChannel:
+    """The feed builder as an outbox recipient: one rebuild covers a whole batch of events.
+
+    Every event gets one ``feeds`` row; when rows are claimed the files are rebuilt from the
+    stored events (the newest ``_HISTORY_LIMIT``), so a crash between the event and the rebuild
+    only delays the feeds, and a rebuild is idempotent.
+    """
+
+    name = FEEDS_CHANNEL
+
+    def __init__(
+        self, events: EventSource, scales: Mapping[str, Scale], settings: FeedSettings
+    ) -> None:
+        self.events = events
+        self.scales = scales
+        self.settings = settings
+
+    async def rebuild(self) -> list[Path]:
+        payloads = await self.events.recent_events(limit=_HISTORY_LIMIT)
+        return await asyncio.to_thread(build_feeds, payloads, self.scales, self.settings)
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        try:
+            written = await self.rebuild()
+        except OSError as exc:
+            error = f"cannot write feeds under {self.settings.out_dir}: {exc}"
+            return [Outcome(delivery_id=d.id, ok=False, error=error) for d in deliveries]
+        log.info(
+            "feeds rebuilt: %d files changed for %d events",
+            len(written),
+            len(deliveries),
+            extra={"action": "feeds_rebuilt", "files": len(written)},
+        )
+        return [Outcome(delivery_id=d.id, ok=True) for d in deliveries]
