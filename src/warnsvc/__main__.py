@@ -1,0 +1,7 @@
+"""``python -m warnsvc`` runs the command line."""
+
+from __future__ import annotations
+
+from warnsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,343 @@
+"""The ``warnsvc`` command line.
+
+    warnsvc run            poll on schedule, serve feeds and health over HTTP
+    warnsvc check-config   validate the YAML; one line per problem (file:line: key.path: ...)
+    warnsvc parse          parse a file or URL with a source kind; observations as JSON lines
+    warnsvc poll --once    poll now; print the events emitted (or, with --dry-run, that would be)
+    warnsvc feeds rebuild  rewrite every feed file from the stored events
+    warnsvc demo           the whole flow offline, on bundled fixtures
+
+Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from warnsvc import __version__
+from warnsvc.config import Settings, load_config
+from warnsvc.errors import ConfigError, SourceError, WarnsvcError
+from warnsvc.logs import setup_logging
+from warnsvc.model import Event, Observation
+from warnsvc.pipeline import PollReport
+
+DEFAULT_CONFIG = Path("config/warnsvc.yaml")
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="warnsvc",
+        description="Early-warning alert distribution: watch risk assessments, "
+        "detect confirmed level changes, publish them.",
+    )
+    parser.add_argument("--version", action="version", version=f"warnsvc {__version__}")
+    parser.add_argument("--log-format", choices=["text", "json"], help="override the config")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument(
+            "-c",
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"the YAML config file (default: {DEFAULT_CONFIG})",
+        )
+        return sub
+
+    run = command("run", "poll on schedule and serve feeds and health over HTTP")
+    run.add_argument("--host", help="override service.http.host")
+    run.add_argument("--port", type=int, help="override service.http.port")
+    command("check-config", "validate the config file")
+    parse = command("parse", "parse a file or URL; print observations as JSON lines")
+    which = parse.add_mutually_exclusive_group(required=True)
+    which.add_argument("--kind", help="a source kind with its defaults (e.g. gcr2p-page)")
+    which.add_argument("--source", help="a source from the config, with its settings")
+    parse.add_argument("target", metavar="FILE|URL")
+    parse.add_argument("--url", help="the page's own URL, when parsing a saved FILE")
+    poll = command("poll", "poll sources now and print the events")
+    poll.add_argument("--once", action="store_true", required=True, help="poll once and exit")
+    poll.add_argument("--dry-run", action="store_true", help="write nothing; show what would be")
+    poll.add_argument("--source", help="only this source (even if disabled)")
+    poll.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="do not wait to re-fetch changes that await confirmation",
+    )
+    poll.add_argument("--json", action="store_true", help="print event payloads as JSON lines")
+    feeds = command("feeds", "feed files")
+    feeds.add_argument("action", choices=["rebuild"])
+    demo = commands.add_parser(
+        "demo",
+        help="the whole flow offline, on bundled fixtures",
+        description="Serve bundled GCR2P pages that change over time "
+        "from a local replay server, poll them, and write feeds.",
+    )
+    demo.add_argument(
+        "--feeds-dir",
+        type=Path,
+        default=Path("feeds"),
+        help="where to write the feeds (default: feeds)",
+    )
+    demo.add_argument(
+        "--confirm-delay",
+        type=float,
+        default=1.0,
+        help="seconds between a change and its confirming re-fetch (default 1)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except WarnsvcError as exc:
+        print(f"warnsvc: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _load(args: argparse.Namespace, *, quiet: bool = True) -> Settings:
+    settings = load_config(args.config)
+    level = args.log_level or ("warning" if quiet else settings.service.log_level)
+    setup_logging(level, args.log_format or settings.service.log_format)
+    return settings
+
+
+# -- run, check-config -------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from warnsvc.service import Service
+
+    settings = _load(args, quiet=False)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        http = settings.service.http.model_copy(update=overrides)
+        service = settings.service.model_copy(update={"http": http})
+        settings = settings.model_copy(update={"service": service})
+    asyncio.run(Service(settings).run_until_stopped())
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = load_config(args.config)
+    enabled = [s.id for s in settings.sources if s.enabled]
+    print(
+        f"{args.config}: OK: {len(settings.sources)} source(s), {len(enabled)} enabled"
+        f" ({', '.join(enabled) or 'none'}); scales: {', '.join(settings.scale_map())}"
+    )
+    return EXIT_OK
+
+
+# -- parse ---------------------------------------------------------------------------------------
+
+
+def _parse(args: argparse.Namespace) -> int:
+    from warnsvc.sources.registry import KINDS, get_kind
+
+    setup_logging(args.log_level or "warning", args.log_format or "text")
+    if args.source:
+        settings = load_config(args.config)
+        try:
+            config = settings.source(args.source)
+        except KeyError:
+            known = ", ".join(s.id for s in settings.sources) or "none"
+            print(
+                f"warnsvc: error: no source {args.source!r} in {args.config} (known: {known})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        kind, scale, namespace = config.kind, settings.scale_map()[config.scale], config.namespace
+    else:
+        if args.kind not in KINDS:
+            print(
+                f"warnsvc: error: unknown kind {args.kind!r} (known: {', '.join(sorted(KINDS))})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        defaults = load_config(args.config) if args.config.exists() else None
+        kind, namespace = args.kind, KINDS[args.kind].default_namespace
+        scale = _default_scale(defaults)
+    body, content_type, url = asyncio.run(_read_target(args.target, args.url))
+    try:
+        observations = get_kind(kind).parse(
+            body, url=url, content_type=content_type, scale=scale, namespace=namespace
+        )
+    except SourceError as exc:
+        print(f"warnsvc: {args.target}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for observation in observations:
+        print(json.dumps(observation.to_json(), ensure_ascii=False))
+    _warn_unnamed(observations)
+    return EXIT_OK
+
+
+def _default_scale(settings: Settings | None) -> Any:
+    from warnsvc.model import GCR2P_SCALE
+
+    return settings.scale_map()["gcr2p"] if settings else GCR2P_SCALE
+
+
+def _warn_unnamed(observations: Sequence[Observation]) -> None:
+    unnamed = sum(1 for o in observations if o.situation is None)
+    if unnamed:
+        print(
+            f"note: {unnamed} observation(s) name no situation; for a saved page, "
+            "pass its address with --url",
+            file=sys.stderr,
+        )
+
+
+async def _read_target(target: str, url: str | None) -> tuple[str, str | None, str | None]:
+    """The text, content type and URL of a file or an http(s) address."""
+    from warnsvc.sources.fetch import Fetcher, FetchSettings, make_session
+    from warnsvc.sources.text import decode_body
+
+    if target.startswith(("http://", "https://")):
+        settings = FetchSettings(user_agent=f"warnsvc/{__version__} (parse)")
+        async with make_session(settings) as session:
+            result = await Fetcher(session, settings).fetch(target)
+        return decode_body(result.body, result.content_type), result.content_type, result.url
+    path = Path(target)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise WarnsvcError(f"cannot read {target}: {exc.strerror}") from exc
+    content_type = "text/html" if path.suffix.lower() in (".html", ".htm") else None
+    return decode_body(data, content_type), content_type, url
+
+
+# -- poll ----------------------------------------------------------------------------------------
+
+
+def _poll(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    if args.source:
+        try:
+            settings.source(args.source)
+        except KeyError:
+            known = ", ".join(s.id for s in settings.sources) or "none"
+            print(f"warnsvc: error: no source {args.source!r} (known: {known})", file=sys.stderr)
+            return EXIT_USAGE
+    return asyncio.run(_poll_once(settings, args))
+
+
+async def _poll_once(settings: Settings, args: argparse.Namespace) -> int:
+    from warnsvc.service import build_components
+
+    parts = await build_components(settings, only=args.source)
+    failed = False
+    try:
+        if not parts.sources:
+            print("no enabled sources to poll", file=sys.stderr)
+            return EXIT_FAILURE
+        for source_id in parts.sources:
+            report = await parts.poller.poll(source_id, dry_run=args.dry_run)
+            _print_report(report, args)
+            rounds = settings.detection.confirmations - 1
+            while report.ok and report.pending and not args.no_confirm and rounds > 0:
+                delay = settings.detection.confirm_delay
+                print(
+                    f"{source_id}: {len(report.pending)} change(s) await confirmation; "
+                    f"re-fetching in {delay:.0f}s ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await asyncio.sleep(delay)
+                report = await parts.poller.poll(source_id)
+                _print_report(report, args)
+                rounds -= 1
+            failed = failed or not report.ok
+        if not args.dry_run:
+            await parts.dispatcher.drain()
+    finally:
+        await parts.close()
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_report(report: PollReport, args: argparse.Namespace) -> None:
+    sid = report.source_id
+    if not report.ok:
+        print(
+            f"{sid}: FAILED: {report.error} (source marked unhealthy; no events)", file=sys.stderr
+        )
+        return
+    verb = "would emit" if report.dry_run else "emitted"
+    line = f"{sid}: {len(report.observations)} situation(s) observed"
+    if report.baseline:
+        line += "; first poll: baseline recorded, no events"
+    elif report.dry_run and report.events:
+        line += " (dry run: nothing written; each change is confirmed by a re-fetch first)"
+    line += f"; {verb} {len(report.events)} event(s)"
+    print(line, file=sys.stderr)
+    for reason in report.skipped:
+        print(f"{sid}: skipped: {reason}", file=sys.stderr)
+    for event in report.events:
+        print(json.dumps(event.payload(), ensure_ascii=False) if args.json else _event_line(event))
+
+
+def _event_line(event: Event) -> str:
+    before = event.previous_level.name if event.previous_level else "-"
+    after = event.level.name if event.level else event.status.value
+    return f"{event.type.value:<19} {event.situation:<40} {before} -> {after}   {event.id}"
+
+
+# -- feeds, demo ---------------------------------------------------------------------------------
+
+
+def _feeds(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    return asyncio.run(_rebuild_feeds(settings))
+
+
+async def _rebuild_feeds(settings: Settings) -> int:
+    from warnsvc.channels.feeds import FeedChannel
+    from warnsvc.service import feed_settings
+    from warnsvc.store.db import Store
+
+    store = await Store.open(settings.storage.url)
+    try:
+        channel = FeedChannel(store, settings.scale_map(), feed_settings(settings))
+        written = await channel.rebuild()
+        events = await store.count_events()
+    finally:
+        await store.close()
+    print(f"{settings.feeds.dir}: {len(written)} file(s) rewritten from {events} event(s)")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from warnsvc.demo import run_demo
+
+    setup_logging(args.log_level or "warning", args.log_format or "text")
+    return asyncio.run(run_demo(feeds_dir=args.feeds_dir, confirm_delay=args.confirm_delay))
+
+
+_COMMANDS = {
+    "run": _run,
+    "check-config": _check_config,
+    "parse": _parse,
+    "poll": _poll,
+    "feeds": _feeds,
+    "demo": _demo,
+}

@@ -1,0 +1,142 @@
+"""The Source protocol, the page loader every source fetches through, and source kinds.
+
+A source is anything with ``info`` and ``async def poll() -> list[Observation]``. It raises a
+:class:`~warnsvc.errors.SourceError` when it cannot tell anything (fetch failed, no risk
+information, unknown level): that marks the source unhealthy and is never a change.
+
+A *kind* (``gcr2p-index``, ``gcr2p-page``, ...) pairs a pure ``parse`` function, which
+``warnsvc parse`` runs on a file or URL, with a ``build`` function that makes a polling source
+from its YAML settings. Adding a kind means one module and one entry in
+:mod:`warnsvc.sources.registry`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from warnsvc.errors import SourceParseError, SourceUnavailableError
+from warnsvc.model import Observation, Scale
+from warnsvc.sources.fetch import Fetcher
+from warnsvc.sources.text import decode_body
+from warnsvc.store.db import CachedPage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceInfo:
+    """What the pipeline needs to know of a source besides its observations."""
+
+    id: str
+    name: str
+    kind: str
+    scale: Scale
+    namespace: str
+    authoritative: bool
+
+
+class Source(Protocol):
+    info: SourceInfo
+
+    async def poll(self) -> list[Observation]:
+        """Fetch and parse; raise SourceError when the source cannot be read."""
+        ...
+
+
+class PageCache(Protocol):
+    """Where the last good body of each URL is kept, for conditional GET."""
+
+    async def cached_page(self, url: str) -> CachedPage | None: ...
+
+    async def save_page(self, page: CachedPage, *, now: datetime) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Page:
+    """A fetched (or revalidated) document, decoded to text."""
+
+    url: str
+    text: str
+    content_type: str | None
+    not_modified: bool
+
+
+class PageLoader:
+    """Fetch a URL with conditional GET; a 304 answer reuses the cached body."""
+
+    def __init__(self, fetcher: Fetcher, cache: PageCache | None = None) -> None:
+        self.fetcher = fetcher
+        self.cache = cache
+
+    async def load(self, url: str) -> Page:
+        cached = await self.cache.cached_page(url) if self.cache else None
+        result = await self.fetcher.fetch(
+            url,
+            etag=cached.etag if cached else None,
+            last_modified=cached.last_modified if cached else None,
+        )
+        if result.not_modified:
+            if cached is None:
+                raise SourceUnavailableError(f"{url} answered 304 but no copy is cached")
+            log.debug("not modified: %s", url, extra={"action": "fetch_not_modified", "url": url})
+            return Page(
+                url=url,
+                text=decode_body(cached.body, cached.content_type),
+                content_type=cached.content_type,
+                not_modified=True,
+            )
+        if self.cache is not None and (result.etag or result.last_modified):
+            await self.cache.save_page(
+                CachedPage(
+                    url=url,
+                    etag=result.etag,
+                    last_modified=result.last_modified,
+                    content_type=result.content_type,
+                    body=result.body,
+                ),
+                now=datetime.now(UTC),
+            )
+        return Page(
+            url=result.url,
+            text=decode_body(result.body, result.content_type),
+            content_type=result.content_type,
+            not_modified=False,
+        )
+
+
+@contextlib.contextmanager
+def about(url: str) -> Iterator[None]:
+    """Name the page in a parse error, keeping its class (so callers can still tell them apart)."""
+    try:
+        yield
+    except SourceParseError as exc:
+        exc.args = (f"{url}: {exc}",)
+        raise
+
+
+class ParseFunction(Protocol):
+    def __call__(
+        self,
+        body: str,
+        *,
+        url: str | None,
+        content_type: str | None,
+        scale: Scale,
+        namespace: str,
+    ) -> list[Observation]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceKind:
+    """A kind of source: how to parse one document, and how to build a polling source."""
+
+    kind: str
+    description: str
+    default_namespace: str
+    parse: ParseFunction
+    build: Callable[[Any, SourceInfo, PageLoader], Source]

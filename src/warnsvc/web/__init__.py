@@ -1,0 +1,3 @@
+"""The HTTP side of warnsvc (aiohttp.web)."""
+
+from __future__ import annotations

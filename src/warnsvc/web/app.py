@@ -1,0 +1,113 @@
+"""The HTTP app (aiohttp.web): feeds, health and readiness.
+
+Routes::
+
+    GET /                       a small page linking the feeds
+    GET /feeds/{path}           the files under the feeds directory, with ETag/Last-Modified
+    GET /healthz                the process answers: {"status": "ok"}
+    GET /readyz                 store reachable, scheduler running, sources healthy: 200 or 503
+
+Every error answer is JSON: ``{"error": {"status": 404, "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from warnsvc import __version__
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+FEEDS_DIR = web.AppKey("feeds_dir", Path)
+READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+TITLE = web.AppKey("title", str)
+
+_CONTENT_TYPES = {
+    ".atom": "application/atom+xml; charset=utf-8",
+    ".rss": "application/rss+xml; charset=utf-8",
+    ".json": "application/feed+json; charset=utf-8",
+}
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"status": status, "message": message, **extra}}
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer every HTTP error with a JSON body instead of aiohttp's plain text."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, checks = await request.app[READINESS]()
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def feed_file(request: web.Request) -> web.StreamResponse:
+    root = request.app[FEEDS_DIR].resolve()
+    relative = request.match_info["path"]
+    if any(part.startswith(".") for part in relative.split("/")):
+        raise web.HTTPNotFound(reason=f"no feed at /feeds/{relative}")
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise web.HTTPNotFound(reason=f"no feed at /feeds/{relative}")
+    response = web.FileResponse(target)
+    content_type = _CONTENT_TYPES.get(target.suffix)
+    if content_type:
+        response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "public, max-age=60"
+    return response
+
+
+async def index(request: web.Request) -> web.Response:
+    root = request.app[FEEDS_DIR]
+    title = html.escape(request.app[TITLE])
+    links = []
+    for name in ("alerts.atom", "alerts.rss", "alerts.json"):
+        if (root / name).is_file():
+            links.append(f'<li><a href="/feeds/{name}">{name}</a></li>')
+    for folder in ("levels", "situations"):
+        for path in sorted((root / folder).glob("*.atom")) if (root / folder).is_dir() else []:
+            href = f"/feeds/{folder}/{path.name}"
+            links.append(f'<li><a href="{html.escape(href)}">{html.escape(href)}</a></li>')
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<link rel='alternate' type='application/atom+xml' href='/feeds/alerts.atom'></head>"
+        f"<body><h1>{title}</h1><p>Subscribe to these feeds:</p><ul>{''.join(links)}</ul>"
+        f"<p><a href='/healthz'>health</a> · <a href='/readyz'>readiness</a></p></body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
+
+
+def make_app(*, feeds_dir: Path, readiness: Readiness, title: str = "warnsvc") -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
+    app[FEEDS_DIR] = feeds_dir
+    app[READINESS] = readiness
+    app[TITLE] = title
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/feeds/{path:.+}", feed_file)
+    return app
