@@ -1,0 +1,45 @@
+# The two commands of the README:
+#   make run    set up .venv, install warnsvc, and run it on config/warnsvc.yaml
+#   make test   set up .venv with the dev tools, then lint, type-check and run every test
+# Only Python 3.11+ and make are needed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/warnsvc.yaml
+
+.PHONY: install run test lint typecheck pytest demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/warnsvc run -c $(CONFIG)
+
+demo: $(STAMP)
+	$(BIN)/warnsvc demo
+
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/parse_gcr2p.py
+	$(BIN)/python bench/detect.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info
