@@ -18,13 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from warnsvc.channels.base import Channel, Outcome
 from warnsvc.detect import Detection, DetectionPolicy, build_event, detect_changes
 from warnsvc.errors import SourceError, StoreError
 from warnsvc.model import Event, Observation, SituationState
 from warnsvc.outbox import Delivery, Outbox, RetryPolicy
 from warnsvc.sources.base import Source
-from warnsvc.store.db import HistoryEntry, Store
+from warnsvc.store.db import HistoryEntry, Recipients, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,14 @@ class PollReport:
     dry_run: bool = False
 
 
-Recipients = Mapping[str, Sequence[str]]
-"""Channel name -> the recipients every event goes to (``{"feeds": ["files"]}``)."""
+class Routing:
+    """Route each event to the recipients every channel names for it."""
+
+    def __init__(self, channels: Mapping[str, Channel]) -> None:
+        self.channels = channels
+
+    async def __call__(self, conn: AsyncConnection, event: Event) -> dict[str, list[str]]:
+        return {name: list(await ch.recipients(conn, event)) for name, ch in self.channels.items()}
 
 
 class Poller:

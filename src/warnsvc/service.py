@@ -25,12 +25,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from warnsvc import __version__
 from warnsvc.channels.base import Channel
-from warnsvc.channels.feeds import FEEDS_CHANNEL, FEEDS_RECIPIENT, FeedChannel, FeedSettings
+from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
 from warnsvc.config import Settings, SourceSettings
 from warnsvc.detect import DetectionPolicy
 from warnsvc.model import Scale
 from warnsvc.outbox import Outbox, RetryPolicy
-from warnsvc.pipeline import Dispatcher, Poller, PollReport
+from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
 from warnsvc.sources.base import PageLoader, Source, SourceInfo
 from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
@@ -119,10 +119,10 @@ async def build_components(
         confirmations=settings.detection.confirmations,
         announce_initial=settings.detection.announce_initial,
     )
-    poller = Poller(store, sources, policy, {FEEDS_CHANNEL: [FEEDS_RECIPIENT]})
-    outbox = Outbox(store.engine)
     feeds = FeedChannel(store, scales, feed_settings(settings))
     channels: dict[str, Channel] = {FEEDS_CHANNEL: feeds}
+    poller = Poller(store, sources, policy, Routing(channels))
+    outbox = Outbox(store.engine)
     dispatcher = Dispatcher(outbox, channels, RetryPolicy())
     return Components(settings, store, sessions, sources, poller, outbox, dispatcher, feeds)
 

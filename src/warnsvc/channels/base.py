@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from warnsvc.model import Event
 from warnsvc.outbox import Delivery
 
 
@@ -29,6 +32,10 @@ class Outcome:
 
 class Channel(Protocol):
     name: str
+
+    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+        """Who of this channel receives ``event`` (read on the event's own transaction)."""
+        ...
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Attempt every delivery once; never raise for a single row's failure."""

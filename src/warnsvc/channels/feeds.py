@@ -32,9 +32,10 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from feedgen.feed import FeedGenerator
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warnsvc.channels.base import Outcome
-from warnsvc.model import EventType, Level, Scale, Status
+from warnsvc.model import Event, EventType, Level, Scale, Status
 from warnsvc.outbox import Delivery
 
 __all__ = ["FeedChannel", "FeedSettings", "build_feeds", "entry_title"]
@@ -609,6 +610,9 @@ class FeedChannel:
         self.events = events
         self.scales = scales
         self.settings = settings
+
+    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+        return [] if event.type is EventType.WEBHOOK_TEST else [FEEDS_RECIPIENT]
 
     async def rebuild(self) -> list[Path]:
         payloads = await self.events.recent_events(limit=_HISTORY_LIMIT)

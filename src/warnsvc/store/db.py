@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
@@ -82,7 +82,7 @@ def _run_migrations(connection: Connection) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")
 
 
 class Store:
@@ -160,15 +160,16 @@ class Store:
         states: Sequence[SituationState],
         history: Sequence[HistoryEntry],
         events: Sequence[Event],
-        recipients: Mapping[str, Sequence[str]],
+        recipients: Recipients,
         observations: int,
         now: datetime,
     ) -> None:
         """Write one successful poll in ONE transaction: states, history, events, outbox, health.
 
-        ``recipients`` maps a channel name to the recipients every event goes to; one outbox
-        row per (event, channel, recipient) is created with the event, so an event that exists
-        is delivered.
+        ``recipients`` maps a channel name to the recipients of an event (or is a
+        :class:`Router` that says so per event, reading endpoints and subscribers on the same
+        transaction); one outbox row per (event, channel, recipient) is created with the event,
+        so an event that exists is delivered.
         """
         try:
             async with self.engine.begin() as conn:
@@ -280,14 +281,28 @@ class Store:
             )
 
 
+class Router(Protocol):
+    """Who receives an event, by channel; runs on the transaction that writes the event."""
+
+    async def __call__(
+        self, conn: AsyncConnection, event: Event
+    ) -> Mapping[str, Sequence[str]]: ...
+
+
+Recipients = Mapping[str, Sequence[str]] | Router
+
+
 async def insert_event(
     conn: AsyncConnection,
     event_: Event,
-    recipients: Mapping[str, Iterable[str]],
+    recipients: Recipients,
     *,
     now: datetime,
 ) -> None:
     """Insert an event and its outbox rows on an open transaction."""
+    routes: Mapping[str, Iterable[str]] = (
+        await recipients(conn, event_) if callable(recipients) else recipients
+    )
     await conn.execute(
         schema.events.insert().values(
             id=event_.id,
@@ -310,7 +325,7 @@ async def insert_event(
             "created_at": now,
             "updated_at": now,
         }
-        for channel, targets in recipients.items()
+        for channel, targets in routes.items()
         for recipient in targets
     ]
     if rows:
