@@ -19,6 +19,7 @@ from warnsvc.errors import UnknownLevelError
 
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _PARENTHETICAL = re.compile(r"\([^)]*\)")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
 def normalize_name(text: str) -> str:
@@ -27,6 +28,7 @@ def normalize_name(text: str) -> str:
     Case, accents, spacing and punctuation are ignored: ``"CURRENT  crisis."`` and
     ``"Current-Crisis"`` both become ``"current crisis"``.
     """
+    text = text.translate(_APOSTROPHES)  # d’Ivoire and d'Ivoire fold alike
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     return _NON_ALNUM.sub(" ", folded.lower()).strip()
 

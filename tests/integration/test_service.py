@@ -1,0 +1,109 @@
+"""The running service in-process: scheduler, confirmation re-fetch, web app, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import feedparser
+
+from tests.conftest import Site, country_html, index_html
+from warnsvc.config import parse_config
+from warnsvc.service import Service
+
+
+def publish(site: Site, level: str) -> None:
+    site.set("/populations-at-risk/", index_html({level: [("mali", "Mali")]}))
+    site.set("/countries/mali/", country_html("Mali", level=level))
+
+
+def service_for(tmp_path: Path, site: Site) -> Service:
+    text = f"""
+service: {{http: {{host: 127.0.0.1, port: 0}}, shutdown_timeout: 5s}}
+storage: {{url: "sqlite+aiosqlite:///{tmp_path}/s.db"}}
+detection: {{confirmations: 2, confirm_delay: 1s, failure_threshold: 2}}
+feeds: {{dir: "{tmp_path}/feeds"}}
+sources:
+  - id: gcr2p
+    kind: gcr2p-index
+    url: {site.url("/populations-at-risk/")}
+    interval: 1h
+    jitter: 0s
+    page_delay: 0s
+    fetch: {{timeout: 2s, retries: 0}}
+"""
+    return Service(parse_config(text, filename="test.yaml"))
+
+
+async def wait_for(predicate, limit: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_change_is_confirmed_by_the_scheduled_refetch_and_served(
+    tmp_path: Path, site: Site
+):
+    publish(site, "Imminent Risk")
+    service = service_for(tmp_path, site)
+    await service.start()
+    try:
+        assert service.parts is not None
+        store = service.parts.store
+
+        async def baseline_done() -> bool:
+            health = await store.source_health("gcr2p")
+            return health is not None and health.baseline_done
+
+        await wait_for(baseline_done)  # the first poll runs at start
+        publish(site, "Current Crisis")
+        report = await service.poll_job("gcr2p")  # as the interval job would
+        assert report.pending == ["gcr2p:mali"] and report.events == []
+        assert service.scheduler is not None
+        assert service.scheduler.get_job("confirm:gcr2p") is not None
+
+        async def one_event() -> bool:
+            return await store.count_events() == 1
+
+        await wait_for(one_event)  # the confirmation job fired about a second later
+        base = f"http://127.0.0.1:{service.port}"
+
+        async def feed_has_entry() -> bool:
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/feeds/alerts.atom") as r:
+                return "Imminent Risk -&gt; Current Crisis" in await r.text()
+
+        await wait_for(feed_has_entry)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/feeds/situations/gcr2p:mali.atom") as resp:
+                feed = feedparser.parse(await resp.text())
+                assert [e.title for e in feed.entries] == ["Mali: Imminent Risk -> Current Crisis"]
+            async with http.get(f"{base}/feeds/levels/current-crisis.atom") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 200 and body["checks"]["sources_failing"] == {}
+    finally:
+        await service.stop()
+
+
+async def test_readiness_reports_a_source_past_its_failure_threshold(tmp_path: Path, site: Site):
+    site.set("/populations-at-risk/", "down", status=500)
+    service = service_for(tmp_path, site)
+    await service.start()
+    try:
+        await service.poll_job("gcr2p")
+        await service.poll_job("gcr2p")
+        ready, checks = await service.readiness()
+        assert not ready
+        assert set(checks["sources_failing"]) == {"gcr2p"}
+        assert "HTTP 500" in checks["sources_failing"]["gcr2p"]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{service.port}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["status"] == "not ready"
+            async with http.get(f"http://127.0.0.1:{service.port}/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await service.stop()
