@@ -14,12 +14,16 @@ Transitions and the events they give::
     assessed L  -> assessed M, M < L     risk.deescalated
     assessed    -> previously studied    situation.delisted   (authoritative sources only)
     assessed    -> missing from the list situation.delisted   (authoritative sources only)
+    assessed    -> cancelled or expired  situation.delisted   (any source: the alert ends itself)
     assessed L  -> assessed L, newer page date or new analysis   situation.updated (no confirmation)
 
 A page at the confirmed level that is older than the stored one, or undated where the stored
 one has a date (a stale cache, a parse that missed the date), or a non-authoritative page that
 does not assess the situation, is no update: no event, and the stored analysis stays (only a
 pending candidate is dropped), so the current page seen again afterwards is no update either.
+
+An observation that carries a ``problem`` (an item the source could not read) is skipped and
+reported in ``skipped``; its situation keeps its state and is not missing from the list.
 
 The first successful poll of a source records a baseline silently unless the policy says to
 announce it. Nothing here does I/O; callers pass ``now``.
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 
 from warnsvc.model import (
+    ENDING_STATUSES,
     Event,
     EventType,
     Level,
@@ -93,7 +98,13 @@ def detect_changes(
     """Compare a poll's observations with the stored states of the source's situations."""
     result = Detection(baseline=baseline and not policy.announce_initial)
     seen: set[str] = set()
+    unreadable: set[str] = set()  # listed, but this poll could not read them: keep their state
     for obs in observations:
+        if obs.problem is not None:
+            result.skipped.append(obs.problem)
+            if obs.situation is not None:
+                unreadable.add(obs.situation)
+            continue
         if obs.situation is None or obs.name is None:
             result.skipped.append(f"an observation names no situation (url {obs.url})")
             continue
@@ -116,15 +127,20 @@ def detect_changes(
         )
     if authoritative and not result.baseline:
         for sid, prior in previous.items():
-            if sid not in seen:
+            if sid not in seen and sid not in unreadable:
                 _missing(result, prior, scale=scale, policy=policy, now=now)
     return result
 
 
 def _target_of(obs: Observation, prior: SituationState | None, authoritative: bool) -> Target:
+    """Where an observation moves a situation. A status that ends it (a cancelled or expired
+    alert) counts from any source; others only from an authoritative one, and a level that
+    is unknown (``severity-unknown``) never moves a situation that has a state."""
     if obs.status is Status.ASSESSED:
         return (obs.level, Status.ASSESSED)
-    if authoritative or prior is None:
+    if prior is None or obs.status in ENDING_STATUSES:
+        return (None, obs.status)
+    if authoritative and obs.status is not Status.SEVERITY_UNKNOWN:
         return (None, obs.status)
     return (prior.level, prior.status)
 
@@ -167,7 +183,7 @@ def _observe(
         scale=scale,
         policy=policy,
         now=now,
-        confirmed=lambda: _refresh(prior, obs, source_id, target),
+        confirmed=lambda: _confirmed(prior, obs, source_id, target),
         waiting=lambda: _placeholder(prior, obs, source_id),
     )
 
@@ -292,6 +308,23 @@ def _refresh(
         risk_factors=obs.risk_factors or (prior.risk_factors if prior else ()),
         content_hash=obs.content_hash,
     )
+
+
+def _confirmed(
+    prior: SituationState | None, obs: Observation, source_id: str, target: Target
+) -> SituationState:
+    """The state after a confirmed change. An undated observation (an index entry whose page
+    could not be read) changes the level but keeps the stored, dated analysis."""
+    if prior is not None and prior.date is not None and obs.date is None:
+        return replace(
+            _clear_pending(prior),
+            level=target[0],
+            status=target[1],
+            source_id=source_id,
+            name=obs.name or prior.name,
+            url=obs.url or prior.url,
+        )
+    return _refresh(prior, obs, source_id, target)
 
 
 def _placeholder(

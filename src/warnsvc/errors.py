@@ -6,10 +6,13 @@ Every error the service raises on purpose derives from :class:`WarnsvcError`::
     ├── ConfigError                 the YAML file cannot be used (carries every problem)
     ├── SourceError                 a source cannot tell us anything right now
     │   ├── SourceUnavailableError  fetch failed: HTTP error, timeout, oversized body ...
-    │   │   └── TransientFetchError     worth retrying soon (5xx, timeout, reset)
+    │   │   ├── TransientFetchError     worth retrying soon (5xx, timeout, reset)
+    │   │   └── PageGoneError           404 or 410: the page is not there
     │   └── SourceParseError        fetched, but the page carries no usable risk information
-    │       ├── NoRiskInformationError  no risk line, no level section, no status
-    │       └── UnknownLevelError       a level name that the scale does not know
+    │       ├── NoRiskInformationError  no risk line, no level section, no status; a selector
+    │       │                           or path that matches nothing
+    │       ├── UnknownLevelError       a level name that the scale does not know
+    │       └── UnsafeXmlError          XML with a DTD, entity declarations or external references
     ├── StoreError                  the database refused or is unreachable
     └── DeliveryError               a channel could not deliver
         ├── TransientDeliveryError  try again later (timeouts, 5xx, 429)
@@ -62,6 +65,10 @@ class SourceUnavailableError(SourceError):
     """The source could not be fetched."""
 
 
+class PageGoneError(SourceUnavailableError):
+    """The server says the page does not exist (HTTP 404 or 410): not a glitch."""
+
+
 class TransientFetchError(SourceUnavailableError):
     """The fetch failed in a way that may succeed if tried again soon."""
 
@@ -84,6 +91,10 @@ class UnknownLevelError(SourceParseError):
         super().__init__(
             f"level {name!r} is not on scale {scale!r} (known: {', '.join(self.known)})"
         )
+
+
+class UnsafeXmlError(SourceParseError):
+    """The XML document declares a DTD or entities; it is refused unread."""
 
 
 class StoreError(WarnsvcError):

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from warnsvc.errors import SourceUnavailableError, TransientFetchError
+from warnsvc.errors import PageGoneError, SourceUnavailableError, TransientFetchError
 from warnsvc.sources.fetch import Fetcher, FetchResult, FetchSettings, make_session
 
 ETAG = '"v1"'
@@ -317,7 +317,7 @@ async def test_other_client_errors_fail_at_once(
     with pytest.raises(SourceUnavailableError) as info:
         await fetcher(session).fetch(url)
 
-    assert type(info.value) is SourceUnavailableError
+    assert type(info.value) is (PageGoneError if code == 410 else SourceUnavailableError)
     assert str(info.value) == f"HTTP {code} from {url}"
     assert site.hits[f"/status/{code}"] == 1
 
@@ -327,7 +327,7 @@ async def test_404_fails_at_once(site: Site, session: aiohttp.ClientSession) -> 
     with pytest.raises(SourceUnavailableError) as info:
         await fetcher(session).fetch(url)
 
-    assert type(info.value) is SourceUnavailableError
+    assert type(info.value) is PageGoneError  # a dead link, not a glitch
     assert str(info.value) == f"HTTP 404 from {url}"
     assert site.hits["/missing"] == 1
 

@@ -211,3 +211,18 @@ async def test_a_broken_country_page_fails_the_whole_index_poll(parts: Component
     assert not report.ok and "HTTP 503" in (report.error or "")
     states = await parts.store.situation_states("gcr2p")
     assert not states["gcr2p:mali"].has_pending  # a half-read index is never a change
+
+
+async def test_a_dead_country_page_keeps_the_index_level(parts: Components, site: Site):
+    publish(site, {"Mali": "Imminent Risk", "Sudan": "Current Crisis"})
+    await parts.poller.poll("gcr2p")
+    publish(site, {"Mali": "Imminent Risk", "Sudan": "Imminent Risk"})
+    del site.pages["/countries/sudan/"]  # the site answers 404 for it now
+    await parts.poller.poll("gcr2p")
+    report = await parts.poller.poll("gcr2p")
+    assert report.ok
+    assert [(e.type, e.situation) for e in report.events] == [
+        (EventType.DEESCALATED, "gcr2p:sudan")
+    ]
+    # the stored analysis of the page is kept, not replaced by the index blurb
+    assert report.events[0].summary == "Populations face atrocity crimes."

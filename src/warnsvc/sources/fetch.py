@@ -38,7 +38,7 @@ from tenacity import (
 )
 from yarl import URL
 
-from warnsvc.errors import SourceUnavailableError, TransientFetchError
+from warnsvc.errors import PageGoneError, SourceUnavailableError, TransientFetchError
 
 __all__ = ["FetchResult", "FetchSettings", "Fetcher", "make_session"]
 
@@ -236,6 +236,8 @@ class Fetcher:
             raise self._retry_after_error(message, response)
         if status >= 500 or status in _TRANSIENT_4XX:
             raise TransientFetchError(message)
+        if status in (404, 410):
+            raise PageGoneError(message)
         raise SourceUnavailableError(message)
 
     def _retry_after_error(

@@ -45,7 +45,7 @@ from datetime import date
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from warnsvc.errors import NoRiskInformationError, UnknownLevelError
+from warnsvc.errors import NoRiskInformationError, PageGoneError, UnknownLevelError
 from warnsvc.model import GCR2P_SCALE, Level, Observation, Scale, Status, normalize_name
 from warnsvc.model import situation_id as make_situation_id
 from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
@@ -904,7 +904,8 @@ class IndexSource:
     The index is authoritative: its sections give every situation's level or status, and a
     situation missing from it is delisted. With ``follow_pages``, each listed page adds its
     date, summary and risk factors; a page that cannot be read fails the whole poll, so a
-    half-read index never looks like a change.
+    half-read index never looks like a change. The exception is a page the server says is gone
+    (404/410): a stable dead link, so the index entry is used without the page's details.
     """
 
     def __init__(
@@ -945,7 +946,23 @@ class IndexSource:
         return merged
 
     async def _follow(self, entry: Observation, url: str) -> Observation:
-        page = await self.loader.load(url)
+        try:
+            page = await self.loader.load(url)
+        except PageGoneError as exc:
+            # A dead link is a stable state of the site, not a glitch: the index still says
+            # the level, so keep it (without the page's details) rather than stop alerting.
+            log.warning(
+                "country page of %s is gone (%s); using the index entry alone",
+                entry.situation,
+                exc,
+                extra={
+                    "action": "page_gone",
+                    "source": self.info.id,
+                    "situation": entry.situation,
+                    "url": url,
+                },
+            )
+            return entry
         try:
             with about(url):
                 detail = parse_country_page(
