@@ -168,6 +168,8 @@ def _parse(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         kind, scale, namespace = config.kind, settings.scale_map()[config.scale], config.namespace
+        configure = KINDS[kind].parse_with
+        parse = configure(config) if configure is not None else get_kind(kind).parse
     else:
         if args.kind not in KINDS:
             print(
@@ -177,25 +179,39 @@ def _parse(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         defaults = load_config(args.config) if args.config.exists() else None
         kind, namespace = args.kind, KINDS[args.kind].default_namespace
-        scale = _default_scale(defaults)
+        scale = _default_scale(defaults, KINDS[kind].default_scale)
+        parse = get_kind(kind).parse
     body, content_type, url = asyncio.run(_read_target(args.target, args.url))
     try:
-        observations = get_kind(kind).parse(
+        observations = parse(
             body, url=url, content_type=content_type, scale=scale, namespace=namespace
         )
     except SourceError as exc:
-        print(f"warnsvc: {args.target}: {exc}", file=sys.stderr)
+        print(f"warnsvc: {args.target}: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     for observation in observations:
-        print(json.dumps(observation.to_json(), ensure_ascii=False))
+        if observation.problem is None:
+            print(json.dumps(observation.to_json(), ensure_ascii=False))
     _warn_unnamed(observations)
+    _warn_skipped(observations)
     return EXIT_OK
 
 
-def _default_scale(settings: Settings | None) -> Any:
-    from warnsvc.model import GCR2P_SCALE
+def _default_scale(settings: Settings | None, scale_id: str = "gcr2p") -> Any:
+    from warnsvc.model import BUILTIN_SCALES
 
-    return settings.scale_map()["gcr2p"] if settings else GCR2P_SCALE
+    scales = settings.scale_map() if settings else {s.id: s for s in BUILTIN_SCALES}
+    return scales[scale_id]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _warn_skipped(observations: Sequence[Observation]) -> None:
+    for observation in observations:
+        if observation.problem is not None:
+            print(f"skipped: {_one_line(observation.problem)}", file=sys.stderr)
 
 
 def _warn_unnamed(observations: Sequence[Observation]) -> None:

@@ -50,18 +50,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from warnsvc.errors import ConfigError, ConfigProblem
-from warnsvc.model import GCR2P_SCALE, Scale, normalize_name
+from warnsvc.model import BUILTIN_SCALES, Scale, normalize_name
 
 __all__ = [
     "SOURCE_KINDS",
     "BaseSourceSettings",
+    "CapSourceSettings",
     "DetectionSettings",
     "FeedsSettings",
     "FetchSettings",
     "Gcr2pIndexSourceSettings",
     "Gcr2pPageSourceSettings",
     "HttpSettings",
+    "JsonSourceSettings",
     "LevelSettings",
+    "PageSourceSettings",
     "ScaleSettings",
     "ServiceSettings",
     "Settings",
@@ -431,8 +434,168 @@ class Gcr2pPageSourceSettings(BaseSourceSettings):
     namespace: Slug = "gcr2p"
 
 
+# -- the declarative kinds: feed, cap, page, json (see docs/sources.md) ----------------------
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"must be a regular expression: {exc} in {value!r}") from None
+    return value
+
+
+def _css(value: str) -> str:
+    from selectolax.lexbor import LexborHTMLParser
+
+    try:
+        LexborHTMLParser("<p></p>").css(value)
+    except Exception:  # selectolax raises its own error class for a bad selector
+        raise ValueError(f"must be a CSS selector like 'div.alert h2', not {value!r}") from None
+    return value
+
+
+def _json_path(value: str) -> str:
+    from warnsvc.sources.jsonpath import JsonPath
+
+    JsonPath.parse(value)
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+CssSelector = Annotated[str, AfterValidator(_css)]
+JsonPathText = Annotated[str, AfterValidator(_json_path)]
+
+
+def _one_of(model: BaseModel, keys: tuple[str, str]) -> None:
+    given = [key for key in keys if getattr(model, key) is not None]
+    if len(given) != 1:
+        message = f"give exactly one of {keys[0]!r} and {keys[1]!r}"
+        raise PydanticCustomError("field_error", message, {"field": keys[1 if given else 0]})
+
+
+class _DeclarativeSourceSettings(BaseSourceSettings):
+    """What the feed, cap, page and json kinds share. ``namespace`` defaults to the id."""
+
+    namespace: Slug
+    authoritative: bool = False
+    levels: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_namespace(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "namespace" not in data and isinstance(data.get("id"), str):
+            return {**data, "namespace": data["id"]}
+        return data
+
+
+class FeedValueSettings(_Section):
+    """Where one value of a feed entry comes from: a standard ``field`` or an ``element``."""
+
+    field: Literal["id", "title", "summary", "link", "category", "published", "updated"] | None = (
+        None
+    )
+    element: str | None = Field(default=None, min_length=1)
+    attribute: str | None = Field(default=None, min_length=1)
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _check_one(self) -> FeedValueSettings:
+        _one_of(self, ("field", "element"))
+        return self
+
+
+class FeedFieldsSettings(_Section):
+    """Where a feed entry's id, name, level and date come from."""
+
+    id: FeedValueSettings = FeedValueSettings(field="id")
+    name: FeedValueSettings = FeedValueSettings(field="title")
+    level: FeedValueSettings = FeedValueSettings(field="category")
+    date: FeedValueSettings | None = None
+
+
+class FeedSourceSettings(_DeclarativeSourceSettings):
+    """An RSS or Atom feed: one situation per entry."""
+
+    kind: Literal["feed"] = "feed"
+    fields: FeedFieldsSettings = Field(default_factory=FeedFieldsSettings)
+    namespaces: dict[str, str] = {}
+
+
+class CapSourceSettings(_DeclarativeSourceSettings):
+    """CAP alerts: one CAP document, or an Atom/RSS index of them."""
+
+    kind: Literal["cap"] = "cap"
+    scale: Slug = "cap-severity"
+    authoritative: bool = True
+    follow_links: bool = True
+    max_links: Int = Field(default=50, ge=0, le=1000)
+    link_delay: Duration = 1.0
+
+
+class PageSelectorSettings(_Section):
+    """Where one value of a page is: a CSS selector (and attribute), a regex, or both."""
+
+    css: CssSelector | None = None
+    attribute: str | None = Field(default=None, min_length=1)
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _check_some(self) -> PageSelectorSettings:
+        if self.css is None and self.regex is None:
+            message = "give 'css', 'regex' or both"
+            raise PydanticCustomError("field_error", message, {"field": "css"})
+        if self.attribute is not None and self.css is None:
+            message = "'attribute' needs a 'css' selector"
+            raise PydanticCustomError("field_error", message, {"field": "attribute"})
+        return self
+
+
+class PageFieldsSettings(_Section):
+    """The selectors of a page's title, level, date, summary, id and link."""
+
+    title: PageSelectorSettings
+    level: PageSelectorSettings
+    date: PageSelectorSettings | None = None
+    summary: PageSelectorSettings | None = None
+    id: PageSelectorSettings | None = None
+    link: PageSelectorSettings | None = None
+
+
+class PageSourceSettings(_DeclarativeSourceSettings):
+    """A generic HTML page: one situation, or one per repeated ``block``."""
+
+    kind: Literal["page"] = "page"
+    block: CssSelector | None = None
+    fields: PageFieldsSettings
+
+
+class JsonFieldsSettings(_Section):
+    """Paths, inside each item, to its id, name, level, date, summary and link."""
+
+    id: JsonPathText = "id"
+    name: JsonPathText = "name"
+    level: JsonPathText = "level"
+    date: JsonPathText | None = "date"
+    summary: JsonPathText | None = None
+    link: JsonPathText | None = None
+
+
+class JsonSourceSettings(_DeclarativeSourceSettings):
+    """A JSON API: the path to the list of items, and paths inside each item."""
+
+    kind: Literal["json"] = "json"
+    items: JsonPathText = ""
+    fields: JsonFieldsSettings = Field(default_factory=JsonFieldsSettings)
+
+
 SourceSettings = Annotated[
-    Gcr2pIndexSourceSettings | Gcr2pPageSourceSettings,
+    Gcr2pIndexSourceSettings
+    | Gcr2pPageSourceSettings
+    | FeedSourceSettings
+    | CapSourceSettings
+    | PageSourceSettings
+    | JsonSourceSettings,
     Field(discriminator="kind"),
 ]
 """The settings of one source; ``kind`` picks the class. Add new kinds here."""
@@ -492,7 +655,7 @@ class Settings(_Section):
 
         A configured scale with id ``gcr2p`` replaces the built-in one (in its place).
         """
-        scales = {GCR2P_SCALE.id: GCR2P_SCALE}
+        scales = {scale.id: scale for scale in BUILTIN_SCALES}
         for scale in self.scales:
             scales[scale.id] = scale.to_scale()
         return scales
@@ -766,7 +929,7 @@ class _Checker:
         scales = _valid_items(data.get("scales"), _SCALE_ADAPTER)
         sources = _raw_source_refs(data.get("sources"))
         raw_scales = data.get("scales")
-        scale_ids = {GCR2P_SCALE.id}
+        scale_ids = {scale.id for scale in BUILTIN_SCALES}
         if isinstance(raw_scales, list):
             scale_ids |= {
                 s["id"] for s in raw_scales if isinstance(s, dict) and _is_str(s.get("id"))
@@ -981,7 +1144,7 @@ def _constraint_message(kind: str, ctx: Mapping[str, Any], value: object, msg: s
 
 
 def _scale_ids(scales: Iterable[ScaleSettings]) -> set[str]:
-    return {GCR2P_SCALE.id, *(scale.id for scale in scales)}
+    return {*(scale.id for scale in BUILTIN_SCALES), *(scale.id for scale in scales)}
 
 
 @dataclass(frozen=True)
@@ -1057,11 +1220,13 @@ def _check_level_ids(
     scales: Sequence[tuple[int, ScaleSettings]], lines: Mapping[Loc, int]
 ) -> Iterable[tuple[Loc, str]]:
     """Level ids are unique across all scales (they name the per-level feeds)."""
-    owners: dict[str, str] = {}
-    if GCR2P_SCALE.id not in {scale.id for _, scale in scales}:
-        owners = {
-            level.id: f"the built-in scale {GCR2P_SCALE.id!r}" for level in GCR2P_SCALE.levels
-        }
+    configured = {scale.id for _, scale in scales}
+    owners: dict[str, str] = {
+        level.id: f"the built-in scale {builtin.id!r}"
+        for builtin in BUILTIN_SCALES
+        if builtin.id not in configured
+        for level in builtin.levels
+    }
     for index, scale in scales:
         for position, level in enumerate(scale.levels):
             if level.id in owners:

@@ -127,6 +127,27 @@ GCR2P_SCALE = Scale.build(
 )
 
 
+GDACS_SCALE = Scale.build(
+    "gdacs",
+    "GDACS alert level",
+    [("green", "Green", ()), ("orange", "Orange", ()), ("red", "Red", ())],
+)
+
+CAP_SEVERITY_SCALE = Scale.build(
+    "cap-severity",
+    "CAP severity",
+    [
+        ("minor", "Minor", ()),
+        ("moderate", "Moderate", ()),
+        ("severe", "Severe", ()),
+        ("extreme", "Extreme", ()),
+    ],
+)
+
+BUILTIN_SCALES: tuple[Scale, ...] = (GCR2P_SCALE, GDACS_SCALE, CAP_SEVERITY_SCALE)
+"""Scales every configuration has; a configured scale with the same id replaces one."""
+
+
 class Status(StrEnum):
     """Whether a source currently assesses a situation."""
 
@@ -135,6 +156,16 @@ class Status(StrEnum):
     """Listed by the source as no longer assessed (GCR2P's "Previously Studied Situations")."""
     DELISTED = "delisted"
     """No longer on the source's authoritative list (state only; never parsed from a page)."""
+    SEVERITY_UNKNOWN = "severity-unknown"
+    """Listed, but without a level on the scale (a CAP alert of ``Unknown`` severity)."""
+    CANCELLED = "cancelled"
+    """Ended by its publisher (a CAP ``Cancel`` message): ends the situation from any source."""
+    EXPIRED = "expired"
+    """Past its own end time (a CAP ``expires``): ends the situation from any source."""
+
+
+ENDING_STATUSES = frozenset({Status.CANCELLED, Status.EXPIRED})
+"""Statuses a message gives itself to end a situation; any source may report them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,6 +185,11 @@ class Observation:
     summary: str = ""
     risk_factors: tuple[str, ...] = ()
     key_figure: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Kind-specific fields (CAP's ``msg_type``, ``urgency`` ...), printed after the others."""
+    problem: str | None = None
+    """Why this item could not be read (with the offending value). Such an observation is
+    skipped and reported in source health; its situation, if known, keeps its stored state."""
 
     @property
     def content_hash(self) -> str:
@@ -179,7 +215,15 @@ class Observation:
             "summary": self.summary,
             "risk_factors": list(self.risk_factors),
             "key_figure": self.key_figure,
+            **{key: value for key, value in self.extra.items() if key not in _OBSERVATION_KEYS},
+            **({"problem": self.problem} if self.problem is not None else {}),
         }
+
+
+_OBSERVATION_KEYS = frozenset(
+    {"situation", "name", "level", "status", "date", "url", "summary", "risk_factors"}
+    | {"key_figure", "problem"}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -148,9 +148,17 @@ class Poller:
             history=history,
             events=report.events,
             recipients=self.recipients,
-            observations=len(report.observations),
+            observations=sum(1 for o in report.observations if o.problem is None),
             now=now,
+            warnings=report.skipped,
         )
+        for reason in report.skipped:
+            log.warning(
+                "source %s skipped: %s",
+                source.info.id,
+                reason,
+                extra={"action": "item_skipped", "source": source.info.id},
+            )
         for event in report.events:
             log.info(
                 "%s %s: %s -> %s",

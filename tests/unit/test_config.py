@@ -14,8 +14,12 @@ from pydantic import BaseModel, ValidationError
 import warnsvc.config as config
 from warnsvc.config import (
     SOURCE_KINDS,
+    CapSourceSettings,
+    FeedSourceSettings,
     Gcr2pIndexSourceSettings,
     Gcr2pPageSourceSettings,
+    JsonSourceSettings,
+    PageSourceSettings,
     Settings,
     format_duration,
     load_config,
@@ -57,7 +61,8 @@ def test_shipped_config_loads() -> None:
     assert settings.service.http.port == 8080
     assert settings.service.base_url == "http://127.0.0.1:8080"
     assert settings.storage.url == "sqlite+aiosqlite:///data/warnsvc.db"
-    [source] = settings.sources
+    source, gdacs = settings.sources
+    assert (gdacs.id, gdacs.kind, gdacs.scale, gdacs.enabled) == ("gdacs", "feed", "gdacs", False)
     assert isinstance(source, Gcr2pIndexSourceSettings)
     assert (source.id, source.url, source.scale, source.namespace) == (
         "gcr2p",
@@ -232,7 +237,8 @@ sources:
     url: https://reliefweb.int/updates/rss.xml
 """
     assert problems(text) == [
-        f"{FILE}:3: sources[0].kind: unknown kind 'rss'; known kinds: gcr2p-index, gcr2p-page"
+        f"{FILE}:3: sources[0].kind: unknown kind 'rss'; "
+        "known kinds: gcr2p-index, gcr2p-page, feed, cap, page, json"
     ]
 
 
@@ -244,7 +250,7 @@ sources:
 """
     assert problems(text) == [
         f"{FILE}:2: sources[0].kind: missing required key 'kind'; "
-        "known kinds: gcr2p-index, gcr2p-page"
+        "known kinds: gcr2p-index, gcr2p-page, feed, cap, page, json"
     ]
 
 
@@ -260,7 +266,8 @@ sources:
     scale: gdac
 """
     assert problems(text) == [
-        f"{FILE}:8: sources[0].scale: unknown scale 'gdac'; known scales: gcr2p, gdacs; "
+        f"{FILE}:8: sources[0].scale: unknown scale 'gdac'; "
+        "known scales: cap-severity, gcr2p, gdacs; "
         "did you mean 'gdacs'?"
     ]
 
@@ -712,7 +719,7 @@ def test_scale_map_puts_the_built_in_scale_first() -> None:
 
     scales = settings.scale_map()
 
-    assert list(scales) == ["gcr2p", "gdacs", "other"]
+    assert list(scales) == ["gcr2p", "gdacs", "cap-severity", "other"]
     assert scales["gcr2p"] is GCR2P_SCALE
     gdacs = scales["gdacs"]
     assert [(lv.id, lv.name, lv.rank) for lv in gdacs.levels] == [
@@ -726,7 +733,7 @@ def test_scale_map_puts_the_built_in_scale_first() -> None:
 def test_a_configured_gcr2p_scale_replaces_the_built_in_one() -> None:
     scales = parse(SCALES).scale_map()
 
-    assert list(scales) == ["gcr2p", "gdacs"]
+    assert list(scales) == ["gcr2p", "gdacs", "cap-severity"]
     assert scales["gcr2p"].name == "GCR2P, two levels"
     assert [lv.id for lv in scales["gcr2p"].levels] == ["worrying", "dire"]
 
@@ -767,4 +774,8 @@ def test_source_kinds_registry() -> None:
     assert dict(SOURCE_KINDS) == {
         "gcr2p-index": Gcr2pIndexSourceSettings,
         "gcr2p-page": Gcr2pPageSourceSettings,
+        "feed": FeedSourceSettings,
+        "cap": CapSourceSettings,
+        "page": PageSourceSettings,
+        "json": JsonSourceSettings,
     }

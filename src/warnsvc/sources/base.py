@@ -140,3 +140,8 @@ class SourceKind:
     default_namespace: str
     parse: ParseFunction
     build: Callable[[Any, SourceInfo, PageLoader], Source]
+    default_scale: str = "gcr2p"
+    """The scale ``warnsvc parse --kind`` reads levels on."""
+    parse_with: Callable[[Any], ParseFunction] | None = None
+    """The parse function with a source's YAML settings (``warnsvc parse --source``); None when
+    the kind takes no parse settings."""

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from warnsvc.sources import gcr2p
+from warnsvc.sources import cap, feed, gcr2p, jsonapi, page
 from warnsvc.sources.base import SourceKind
 
 KINDS: dict[str, SourceKind] = {
     gcr2p.INDEX_KIND.kind: gcr2p.INDEX_KIND,
     gcr2p.PAGE_KIND.kind: gcr2p.PAGE_KIND,
+    feed.KIND.kind: feed.KIND,
+    cap.KIND.kind: cap.KIND,
+    page.KIND.kind: page.KIND,
+    jsonapi.KIND.kind: jsonapi.KIND,
 }
 
 

@@ -44,6 +44,8 @@ class SourceHealth:
     last_failure_at: datetime | None
     observations: int
     baseline_done: bool
+    last_warning: str | None = None
+    """What the last good poll skipped (unreadable items, with the offending values)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,8 +165,11 @@ class Store:
         recipients: Recipients,
         observations: int,
         now: datetime,
+        warnings: Sequence[str] = (),
     ) -> None:
         """Write one successful poll in ONE transaction: states, history, events, outbox, health.
+
+        ``warnings`` (items the poll skipped, with why) become the source's ``last_warning``.
 
         ``recipients`` maps a channel name to the recipients of an event (or is a
         :class:`Router` that says so per event, reading endpoints and subscribers on the same
@@ -189,7 +194,9 @@ class Store:
                             recorded_at=now,
                         )
                     )
-                await _record_success(conn, source_id, observations=observations, now=now)
+                await _record_success(
+                    conn, source_id, observations=observations, now=now, warnings=warnings
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the poll of {source_id!r}: {exc}") from exc
 
@@ -350,7 +357,12 @@ async def _ensure_health_row(conn: AsyncConnection, source_id: str) -> None:
 
 
 async def _record_success(
-    conn: AsyncConnection, source_id: str, *, observations: int, now: datetime
+    conn: AsyncConnection,
+    source_id: str,
+    *,
+    observations: int,
+    now: datetime,
+    warnings: Sequence[str] = (),
 ) -> None:
     table = schema.source_health
     await _ensure_health_row(conn, source_id)
@@ -365,6 +377,7 @@ async def _record_success(
             last_success_at=now,
             observations=observations,
             baseline_done=True,
+            last_warning="; ".join(warnings)[:2000] or None,
         )
     )
 

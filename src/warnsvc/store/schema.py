@@ -123,6 +123,7 @@ source_health = Table(
     Column("last_failure_at", UTCDateTime),
     Column("observations", Integer, nullable=False, default=0),
     Column("baseline_done", Boolean, nullable=False, default=False),
+    Column("last_warning", Text),  # items the last good poll skipped (migration 0004)
 )
 
 fetch_cache = Table(
