@@ -57,6 +57,10 @@ __all__ = [
     "BaseSourceSettings",
     "CapSourceSettings",
     "DetectionSettings",
+    "EmailSettings",
+    "EmailSignupSettings",
+    "EmailSmtpSettings",
+    "EmailSubscriberSettings",
     "FeedsSettings",
     "FetchSettings",
     "Gcr2pIndexSourceSettings",
@@ -615,6 +619,123 @@ class FeedsSettings(_Section):
     max_entries: Int = Field(default=100, ge=1, le=10_000)
 
 
+# --------------------------------------------------------------------------- email
+
+EmailEventType = Literal[
+    "situation.listed",
+    "risk.escalated",
+    "risk.deescalated",
+    "situation.delisted",
+    "situation.updated",
+]
+_SITUATION_ID = re.compile(r"[a-z0-9][a-z0-9-]*:[a-z0-9][a-z0-9-]*")
+
+
+def _email_address(value: str) -> str:
+    from warnsvc.addresses import normalize_address
+
+    return normalize_address(value)
+
+
+def _mailbox(value: str) -> str:
+    from warnsvc.addresses import format_mailbox, parse_mailbox
+
+    return format_mailbox(*parse_mailbox(value))
+
+
+def _display_name(value: str | None) -> str | None:
+    from warnsvc.addresses import check_name
+
+    return check_name(value)
+
+
+def _situation_ref(value: str) -> str:
+    if not _SITUATION_ID.fullmatch(value):
+        raise ValueError(f"must be a situation id like 'gcr2p:sudan', not {value!r}")
+    return value
+
+
+class EmailSmtpSettings(_Section):
+    """The SMTP server that sends the mail, and how to talk to it."""
+
+    host: str = Field(default="localhost", min_length=1)
+    port: Int | None = Field(default=None, ge=1, le=65535)
+    security: Annotated[Literal["starttls", "tls", "none"], BeforeValidator(_lower)] = "starttls"
+    user: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    verify_certificate: bool = True
+    ca_file: Path | None = None
+    timeout: Annotated[float, _duration(minimum=1)] = 30.0
+    connections: Int = Field(default=4, ge=1, le=32)
+    messages_per_connection: Int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _check_login(self) -> EmailSmtpSettings:
+        if (self.user is None) != (self.password is None):
+            missing = "password" if self.password is None else "user"
+            message = "give both user and password (the password from the environment)"
+            raise PydanticCustomError("field_error", message, {"field": missing})
+        return self
+
+    def port_or_default(self) -> int:
+        """The port, or the usual one for ``security``: 587, 465 or 25."""
+        if self.port is not None:
+            return self.port
+        return {"starttls": 587, "tls": 465, "none": 25}[self.security]
+
+
+class EmailSignupSettings(_Section):
+    """Self-service subscriptions through the API and the form, with double opt-in."""
+
+    enabled: bool = True
+    confirm_within: Annotated[float, _duration(minimum=60)] = 172_800.0
+    resend_after: Duration = 3600.0
+    requests_per_minute: Int = Field(default=10, ge=1, le=10_000)
+
+
+class EmailSubscriberSettings(_Section):
+    """A subscriber declared by the operator: needs no confirmation."""
+
+    address: Annotated[str, AfterValidator(_email_address)]
+    name: Annotated[str | None, AfterValidator(_display_name)] = None
+    mode: Literal["immediate", "digest"] = "immediate"
+    situations: list[Annotated[str, AfterValidator(_situation_ref)]] = []
+    sources: list[Slug] = []
+    min_level: Slug | None = None
+    event_types: list[EmailEventType] = []
+
+
+class EmailSettings(_Section):
+    """Email alerts: SMTP, sender, rate, digest hour, templates, signup and subscribers."""
+
+    enabled: bool = True
+    smtp: EmailSmtpSettings = Field(default_factory=EmailSmtpSettings)
+    from_address: Annotated[str, AfterValidator(_mailbox)]
+    reply_to: Annotated[str | None, AfterValidator(lambda v: v and _mailbox(v))] = None
+    rate: float = Field(default=10.0, ge=0)
+    digest_hour: Int = Field(default=7, ge=0, le=23)
+    templates_dir: Path | None = None
+    suppress_after: Int = Field(default=3, ge=1, le=100)
+    signup: EmailSignupSettings = Field(default_factory=EmailSignupSettings)
+    subscribers: list[EmailSubscriberSettings] = []
+
+    @field_validator("smtp", "signup", mode="before")
+    @classmethod
+    def _empty_section(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _check_subscribers(self) -> EmailSettings:
+        addresses = [s.address.lower() for s in self.subscribers]
+        for index, address in enumerate(addresses):
+            if address in addresses[:index]:
+                first = addresses.index(address)
+                message = f"duplicate address {address!r}, already used by subscribers[{first}]"
+                field = f"subscribers[{index}].address"
+                raise PydanticCustomError("field_error", message, {"field": field})
+        return self
+
+
 class Settings(_Section):
     """The whole configuration. ``path`` is the file it came from (set by :func:`load_config`)."""
 
@@ -625,6 +746,7 @@ class Settings(_Section):
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     sources: list[SourceSettings] = []
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)
+    email: EmailSettings | None = None
 
     @field_validator("service", "storage", "detection", "feeds", mode="before")
     @classmethod

@@ -151,8 +151,8 @@ emial:
   to: ops@example.org
 """
     assert problems(text) == [
-        f"{FILE}:3: emial: unknown key 'emial'; allowed keys: detection, feeds, scales, "
-        "service, sources, storage"
+        f"{FILE}:3: emial: unknown key 'emial'; allowed keys: detection, email, feeds, scales, "
+        "service, sources, storage; did you mean 'email'?"
     ]
 
 
@@ -383,10 +383,10 @@ sources:
         ),
         ("feeds: []\n", "1: feeds: expected a mapping, found a list"),
         ("sources: {id: a}\n", "1: sources: expected a list, found a mapping"),
-        ("- a\n", "1: expected a mapping of sections (detection, feeds, scales, service, sources,"),
+        ("- a\n", "1: expected a mapping of sections (detection, email, feeds, scales, service,"),
         ("storage: {url: 'sqlite:///x.db'}\n", "1: storage.url: needs an async driver"),
         ("service: {base_url: 'https://x.org/?a=1'}\n", "1: service.base_url: must not have a"),
-        ("path: x.yaml\n", "1: path: unknown key 'path'; allowed keys: detection, feeds,"),
+        ("path: x.yaml\n", "1: path: unknown key 'path'; allowed keys: detection, email, feeds,"),
         (
             "service:\n  name: a\n  name: b\n",
             "3: service.name: duplicate key 'name' (first at line 2)",

@@ -157,3 +157,82 @@ outbox = Table(
     Index(None, "status", "next_attempt_at"),
     Index(None, "channel", "status"),
 )
+
+# -- email (migration 0003_email) ----------------------------------------------------------------
+
+email_subscribers = Table(
+    "email_subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False, unique=True),
+    Column("name", String(200)),
+    Column("origin", String(20), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("mode", String(20), nullable=False),
+    Column("filters", JSON, nullable=False),
+    Column("unsubscribe_token", String(64), nullable=False, unique=True),
+    Column("hard_failures", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("confirmed_at", UTCDateTime),
+    Column("unsubscribed_at", UTCDateTime),
+    Column("last_digest_at", UTCDateTime),
+    Index(None, "status", "mode"),
+)
+
+email_confirmations = Table(
+    "email_confirmations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("address", String(320), nullable=False),
+    Column("name", String(200)),
+    Column("settings", JSON, nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("token", String(64)),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_until", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("used_at", UTCDateTime),
+    Index(None, "address", "created_at"),
+    Index(None, "status", "next_attempt_at"),
+)
+
+email_digest_items = Table(
+    "email_digest_items",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("subscriber_id", Integer, ForeignKey("email_subscribers.id"), nullable=False),
+    # no foreign key: written on the event's own transaction, just before the event row
+    Column("event_id", String(64), nullable=False),
+    Column("digest_id", String(64)),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("subscriber_id", "event_id"),
+    Index(None, "subscriber_id", "digest_id"),
+)
+
+email_digests = Table(
+    "email_digests",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("subscriber_id", Integer, ForeignKey("email_subscribers.id"), nullable=False),
+    Column("event_ids", JSON, nullable=False),
+    Column("period_end", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+operator_notices = Table(
+    "operator_notices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(60), nullable=False),
+    Column("subject", String(1000), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("acknowledged_at", UTCDateTime),
+    Index(None, "acknowledged_at", "id"),
+)

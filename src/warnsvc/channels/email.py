@@ -1,0 +1,505 @@
+"""Email: immediate alerts, daily digests and double opt-in confirmations over SMTP.
+
+Two channels share one :class:`Mailer` (templates, sender, SMTP pool):
+
+- :class:`EmailChannel` (``email``): one outbox row per (event, subscriber) in immediate mode,
+  recipient ``sub:<id>``, routed on the event's transaction like every channel.
+- :class:`DigestChannel` (``email-digest``): routing records the event in the digest-mode
+  subscribers' pending digest items (same transaction) and creates no row; at the digest hour
+  :class:`EmailWorker` turns each subscriber's items into one digest (``dig_...``) with one
+  outbox row per (digest, subscriber): recipient = the digest id, ``event_id`` = the newest
+  event it covers (the outbox's foreign key keeps every row tied to a stored event).
+
+Confirmation mails are not about an event, so they do not use the outbox: the confirmation row
+itself is their durable queue (:mod:`warnsvc.mail.store`), sent by :class:`EmailWorker`.
+
+``deliver()`` sends a batch concurrently, bounded by the SMTP pool's connections and rate, and
+within a time budget shorter than the outbox lease (rows not started by then are handed back for
+a retry). A 5xx to RCPT TO is permanent and counts against the address; after
+``suppress_after`` of them in a row the address is suppressed and an operator notice recorded.
+A subscriber who unsubscribed before its row was sent is skipped (the row completes unsent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warnsvc.addresses import format_mailbox
+from warnsvc.channels.base import Outcome
+from warnsvc.errors import StoreError
+from warnsvc.mail import store as mailstore
+from warnsvc.mail.compose import Envelope, MailTemplates, Sender, build_message, event_view
+from warnsvc.mail.filters import Filters
+from warnsvc.mail.smtp import SendError, SmtpConfig, SmtpPool
+from warnsvc.model import Event, Scale
+from warnsvc.outbox import Delivery, RetryPolicy
+
+__all__ = [
+    "DIGEST_CHANNEL",
+    "EMAIL_CHANNEL",
+    "DigestChannel",
+    "EmailChannel",
+    "EmailOptions",
+    "EmailWorker",
+    "Mailer",
+]
+
+log = logging.getLogger(__name__)
+
+EMAIL_CHANNEL = "email"
+DIGEST_CHANNEL = mailstore.DIGEST_CHANNEL
+CONFIRM_RETRY = RetryPolicy(initial=30.0, cap=1800.0, max_attempts=50)
+"""Confirmation mails retry until their link expires."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmailOptions:
+    """Runtime settings of the email channels (built from ``email:`` and ``service:``)."""
+
+    service_name: str
+    base_url: str
+    sender: Sender
+    smtp: SmtpConfig
+    digest_hour: int = 7
+    suppress_after: int = 3
+    templates_dir: Path | None = None
+    confirm_within: float = 172_800.0
+    resend_after: float = 3600.0
+    batch_budget: float = 45.0
+    """Seconds a ``deliver()`` call may start sends for (keep it below the outbox lease)."""
+    level_names: Mapping[str, str] = field(default_factory=dict)
+
+    def unsubscribe_url(self, token: str) -> str:
+        return f"{self.base_url}/email/unsubscribe?token={quote(token, safe='')}"
+
+    def confirm_url(self, token: str) -> str:
+        return f"{self.base_url}/email/confirm?token={quote(token, safe='')}"
+
+
+class Mailer:
+    """Templates, sender and SMTP pool, shared by the channels and the worker."""
+
+    def __init__(self, options: EmailOptions, *, pool: SmtpPool | None = None) -> None:
+        self.options = options
+        self.templates = MailTemplates(options.templates_dir)
+        self.pool = pool or SmtpPool(options.smtp)
+
+    def _context(self, subscriber: mailstore.Subscriber | None, **extra: Any) -> dict[str, Any]:
+        recipient = {"address": subscriber.address, "name": subscriber.name} if subscriber else {}
+        return {
+            "service_name": self.options.service_name,
+            "base_url": self.options.base_url,
+            "recipient": recipient,
+            "unsubscribe_url": self.options.unsubscribe_url(subscriber.unsubscribe_token)
+            if subscriber
+            else "",
+            **extra,
+        }
+
+    def event_mail(
+        self,
+        view: Mapping[str, Any],
+        subscriber: mailstore.Subscriber,
+        *,
+        now: datetime,
+    ) -> Envelope:
+        rendered = self.templates.mail("event", self._context(subscriber, event=view))
+        return build_message(
+            sender=self.options.sender,
+            to_address=subscriber.address,
+            to_name=subscriber.name,
+            rendered=rendered,
+            message_id=f"{view['id']}.{subscriber.id}",
+            unsubscribe_url=self.options.unsubscribe_url(subscriber.unsubscribe_token),
+            date=now,
+            headers={"X-Warnsvc-Event": str(view["id"])},
+        )
+
+    def digest_mail(
+        self,
+        digest_id: str,
+        views: Sequence[Mapping[str, Any]],
+        subscriber: mailstore.Subscriber,
+        *,
+        now: datetime,
+    ) -> Envelope:
+        rendered = self.templates.mail("digest", self._context(subscriber, events=list(views)))
+        return build_message(
+            sender=self.options.sender,
+            to_address=subscriber.address,
+            to_name=subscriber.name,
+            rendered=rendered,
+            message_id=digest_id,
+            unsubscribe_url=self.options.unsubscribe_url(subscriber.unsubscribe_token),
+            date=now,
+            headers={"X-Warnsvc-Digest": digest_id},
+        )
+
+    def confirmation_mail(self, mail: mailstore.ConfirmationMail, *, now: datetime) -> Envelope:
+        void_url = self.options.unsubscribe_url(mail.token)
+        context = {
+            "service_name": self.options.service_name,
+            "base_url": self.options.base_url,
+            "recipient": {"address": mail.address, "name": mail.name},
+            "confirm_url": self.options.confirm_url(mail.token),
+            "unsubscribe_url": void_url,
+            "expires": f"{mail.expires_at:%d %B %Y %H:%M} UTC",
+            "mode_text": self.mode_text(mail.mode),
+            "filters_text": self.filters_text(mail.filters),
+        }
+        rendered = self.templates.mail("confirm", context)
+        return build_message(
+            sender=self.options.sender,
+            to_address=mail.address,
+            to_name=mail.name,
+            rendered=rendered,
+            message_id=f"confirm.{mail.id}",
+            unsubscribe_url=void_url,
+            date=now,
+        )
+
+    def mode_text(self, mode: str) -> str:
+        if mode == mailstore.DIGEST:
+            return f"a daily digest at {self.options.digest_hour:02d}:00 UTC"
+        return "one mail per change, as it happens"
+
+    def filters_text(self, filters: Filters) -> str:
+        parts = []
+        if filters.min_level:
+            name = self.options.level_names.get(filters.min_level, filters.min_level)
+            parts.append(f"{name} and above")
+        if filters.situations:
+            parts.append("situations " + ", ".join(filters.situations))
+        if filters.sources:
+            parts.append("sources " + ", ".join(filters.sources))
+        if filters.event_types:
+            parts.append("changes " + ", ".join(filters.event_types))
+        return "; ".join(parts) or "every situation, every change"
+
+    def check_templates(self) -> list[str]:
+        """Render every mail template with sample data (fails fast on a broken override)."""
+        sample = mailstore.Subscriber(
+            id=0,
+            address="reader@example.org",
+            name="Reader",
+            origin="self",
+            status="active",
+            mode="immediate",
+            filters=Filters(),
+            unsubscribe_token="token",
+            hard_failures=0,
+        )
+        view = event_view(
+            {
+                "id": "evt_sample",
+                "type": "risk.escalated",
+                "situation": {"id": "x:y", "name": "Sample", "url": "https://example.org/"},
+                "level": {"id": "b", "name": "B"},
+                "previous_level": {"id": "a", "name": "A"},
+                "summary": "Text.",
+                "risk_factors": ["A factor."],
+                "occurred_at": "2024-01-01T00:00:00Z",
+            }
+        )
+        confirm = {
+            **self._context(sample),
+            "confirm_url": "https://example.org/",
+            "expires": "1 January 2024",
+            "mode_text": "m",
+            "filters_text": "f",
+        }
+        return self.templates.check(
+            {
+                "event": self._context(sample, event=view),
+                "digest": self._context(sample, events=[view]),
+                "confirm": confirm,
+            }
+        )
+
+    async def send(self, envelope: Envelope) -> None:
+        await self.pool.send(envelope.sender, envelope.recipient, envelope.data)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+@dataclass(slots=True)
+class _Job:
+    delivery: Delivery
+    subscriber: mailstore.Subscriber
+    build: Callable[[], Envelope]
+
+
+class _SubscriberChannel:
+    """What both channels share: load subscribers, send a batch, map errors to outcomes."""
+
+    name: str
+
+    def __init__(self, engine: AsyncEngine, mailer: Mailer, scales: Mapping[str, Scale]) -> None:
+        self.engine = engine
+        self.mailer = mailer
+        self.scales = scales
+
+    async def _matching(self, conn: AsyncConnection, event: Event, mode: str) -> list[Any]:
+        payload = event.payload()
+        return [
+            s
+            for s in await mailstore.active_subscribers(conn, mode)
+            if s.filters.matches(payload, self.scales)
+        ]
+
+    async def _send_jobs(self, jobs: Sequence[_Job], skipped: Sequence[Outcome]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.mailer.options.batch_budget
+        results = await asyncio.gather(*(self._send_one(job, deadline) for job in jobs))
+        outcomes = [outcome for outcome, _ in results]
+        delivered = [job.subscriber.id for job, (o, _) in zip(jobs, results, strict=True) if o.ok]
+        rejected = [job.subscriber.id for job, (_, hard) in zip(jobs, results, strict=True) if hard]
+        try:
+            await mailstore.record_results(
+                self.engine,
+                delivered=delivered,
+                rejected=rejected,
+                suppress_after=self.mailer.options.suppress_after,
+                now=_now(),
+            )
+        except Exception:  # bounce bookkeeping must never turn sent mail into a retry
+            log.exception("cannot record email results", extra={"action": "email_results_failed"})
+        return [*skipped, *outcomes]
+
+    async def _send_one(self, job: _Job, deadline: float) -> tuple[Outcome, bool]:
+        delivery_id = job.delivery.id
+        if asyncio.get_running_loop().time() > deadline:
+            return Outcome(
+                delivery_id=delivery_id,
+                ok=False,
+                error="not attempted: the batch ran out of time (rate limit or slow server)",
+                retry_after=0.0,
+            ), False
+        try:
+            envelope = job.build()
+        except Exception as exc:  # a template or data problem: retrying will not fix it soon
+            log.exception(
+                "cannot compose email for delivery %d",
+                delivery_id,
+                extra={"action": "email_compose_failed", "delivery": delivery_id},
+            )
+            return Outcome(delivery_id=delivery_id, ok=False, error=f"compose: {exc!r}"), False
+        try:
+            await self.mailer.send(envelope)
+        except SendError as exc:
+            outcome = Outcome(
+                delivery_id=delivery_id,
+                ok=False,
+                error=str(exc),
+                status=exc.code,
+                permanent=exc.permanent,
+            )
+            return outcome, exc.recipient_rejected
+        return Outcome(delivery_id=delivery_id, ok=True), False
+
+    async def _load(
+        self, deliveries: Sequence[Delivery], ids: Mapping[int, int | None]
+    ) -> tuple[dict[int, mailstore.Subscriber], list[Outcome]]:
+        """The active subscribers by delivery id; outcomes for rows with nobody to send to."""
+        found = await mailstore.subscribers_by_id(self.engine, [i for i in ids.values() if i])
+        active: dict[int, mailstore.Subscriber] = {}
+        skipped = []
+        for delivery in deliveries:
+            sub = found.get(ids.get(delivery.id) or -1)
+            if sub is None or sub.status != mailstore.ACTIVE:
+                log.info(
+                    "email delivery %d skipped: subscriber %s",
+                    delivery.id,
+                    sub.status if sub else "gone",
+                    extra={"action": "email_skipped", "delivery": delivery.id},
+                )
+                skipped.append(Outcome(delivery_id=delivery.id, ok=True))
+            else:
+                active[delivery.id] = sub
+        return active, skipped
+
+
+class EmailChannel(_SubscriberChannel):
+    """One mail per (event, subscriber) in immediate mode."""
+
+    name = EMAIL_CHANNEL
+
+    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+        return [s.key for s in await self._matching(conn, event, mailstore.IMMEDIATE)]
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        ids = {d.id: mailstore.subscriber_id(d.recipient) for d in deliveries}
+        active, skipped = await self._load(deliveries, ids)
+        views: dict[str, dict[str, Any]] = {}
+        now = _now()
+        jobs = []
+        for delivery in deliveries:
+            sub = active.get(delivery.id)
+            if sub is None:
+                continue
+            view = views.get(delivery.event_id)
+            if view is None:
+                view = views[delivery.event_id] = event_view(delivery.payload)
+            jobs.append(_Job(delivery, sub, _event_builder(self.mailer, view, sub, now)))
+        return await self._send_jobs(jobs, skipped)
+
+
+def _event_builder(
+    mailer: Mailer, view: Mapping[str, Any], sub: mailstore.Subscriber, now: datetime
+) -> Callable[[], Envelope]:
+    return lambda: mailer.event_mail(view, sub, now=now)
+
+
+class DigestChannel(_SubscriberChannel):
+    """One mail per (digest, subscriber); events are collected on their own transaction."""
+
+    name = DIGEST_CHANNEL
+
+    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+        subscribers = await self._matching(conn, event, mailstore.DIGEST)
+        await mailstore.add_digest_items(conn, [s.id for s in subscribers], event.id, now=_now())
+        return []
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        digests = {}
+        for delivery in deliveries:
+            found = await mailstore.digest(self.engine, delivery.recipient)
+            if found is not None:
+                digests[delivery.id] = found
+        ids = {d.id: digests[d.id][0] if d.id in digests else None for d in deliveries}
+        active, skipped = await self._load(deliveries, ids)
+        now = _now()
+        jobs = []
+        for delivery in deliveries:
+            sub = active.get(delivery.id)
+            if sub is not None:
+                views = [event_view(p) for p in digests[delivery.id][1]]
+                jobs.append(
+                    _Job(delivery, sub, _digest_builder(self.mailer, delivery, views, sub, now))
+                )
+        return await self._send_jobs(jobs, skipped)
+
+
+def _digest_builder(
+    mailer: Mailer,
+    delivery: Delivery,
+    views: Sequence[Mapping[str, Any]],
+    sub: mailstore.Subscriber,
+    now: datetime,
+) -> Callable[[], Envelope]:
+    return lambda: mailer.digest_mail(delivery.recipient, views, sub, now=now)
+
+
+class EmailWorker:
+    """Background work of email: send confirmation mails, make the digests when due."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        mailer: Mailer,
+        *,
+        on_digests: Callable[[], None] | None = None,
+        idle: float = 30.0,
+        lease: float = 120.0,
+    ) -> None:
+        self.engine = engine
+        self.mailer = mailer
+        self.on_digests = on_digests
+        self.idle = idle
+        self.lease = lease
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            for step in (self.send_confirmations, self.make_digests):
+                await self._guarded(step)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.idle)
+
+    async def _guarded(self, step: Callable[[], Awaitable[int]]) -> None:
+        try:
+            await step()
+        except (StoreError, OSError) as exc:
+            log.error("email worker: %s", exc, extra={"action": "email_worker_failed"})
+        except Exception:
+            log.exception("email worker crashed", extra={"action": "email_worker_failed"})
+
+    async def make_digests(self) -> int:
+        made = await mailstore.build_digests(
+            self.engine, now=_now(), hour=self.mailer.options.digest_hour
+        )
+        if made:
+            log.info("%d digest(s) queued", len(made), extra={"action": "email_digests_queued"})
+            if self.on_digests:
+                self.on_digests()
+        return len(made)
+
+    async def send_confirmations(self) -> int:
+        """Send every due confirmation mail; returns how many were attempted."""
+        total = 0
+        while not self._stopping:
+            claimed = await mailstore.claim_confirmations(self.engine, now=_now(), lease=self.lease)
+            if not claimed:
+                return total
+            total += len(claimed)
+            await asyncio.gather(*(self._confirm_one(mail) for mail in claimed))
+        return total
+
+    async def _confirm_one(self, mail: mailstore.ConfirmationMail) -> None:
+        now = _now()
+        try:
+            await self.mailer.send(self.mailer.confirmation_mail(mail, now=now))
+        except SendError as exc:
+            retry_at = (
+                None if exc.permanent else CONFIRM_RETRY.decide(mail.attempts + 1, now=now).retry_at
+            )
+            await mailstore.confirmation_failed(
+                self.engine, mail, error=str(exc), retry_at=retry_at
+            )
+            log.warning(
+                "confirmation mail %d failed: %s",
+                mail.id,
+                exc,
+                extra={"action": "email_confirmation_failed", "attempt": mail.attempts + 1},
+            )
+            return
+        await mailstore.confirmation_sent(self.engine, mail.id, now=_now())
+        log.info("confirmation mail %d sent", mail.id, extra={"action": "email_confirmation_sent"})
+
+
+def sender_from(from_address: str, reply_to: str | None, base_url: str) -> Sender:
+    """The :class:`Sender` for a ``From`` header value like ``Alerts <a@example.org>``."""
+    from warnsvc.addresses import parse_mailbox
+
+    name, address = parse_mailbox(from_address)
+    host = base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return Sender(
+        from_header=format_mailbox(name, address),
+        envelope=address,
+        reply_to=reply_to,
+        list_id=f"<alerts.{host}>" if host else None,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

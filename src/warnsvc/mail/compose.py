@@ -1,0 +1,278 @@
+"""Mail and page rendering: Jinja2 templates -> multipart text + HTML messages.
+
+Templates live in ``src/warnsvc/templates`` (``email/`` for mail, ``pages/`` for the
+subscription pages). An operator may override any of them by putting a file of the same
+relative name in ``email.templates_dir``; the rest keep their built-in version.
+
+HTML templates are autoescaped; plain-text ones are not (they are plain text). Everything
+that came from a source is untrusted: text is stripped of control characters and links are kept
+only when they are absolute http(s) URLs (:func:`safe_url`). Subjects are folded onto one line.
+
+:func:`build_message` makes the MIME message: ``multipart/alternative`` with quoted-printable
+UTF-8 parts, RFC 2047-encoded headers, ``Date``, a stable ``Message-ID`` (the same for a
+retried delivery, so mail clients can drop duplicates), ``Auto-Submitted`` and the RFC 8058
+one-click headers ``List-Unsubscribe: <https://...>`` and
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import policy
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    TemplateError,
+    select_autoescape,
+)
+
+from warnsvc.addresses import format_mailbox
+from warnsvc.model import EventType
+
+__all__ = [
+    "MailTemplates",
+    "Rendered",
+    "Sender",
+    "build_message",
+    "event_view",
+    "safe_url",
+    "subject_tag",
+]
+
+_POLICY = policy.SMTP.clone(max_line_length=78)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_MAX_SUBJECT = 250
+_MAX_URL = 2048
+_FOLD_AFTER_NAME = re.compile(rb"^([A-Za-z0-9-]+):\r\n[ \t]+", re.MULTILINE)
+
+
+# --------------------------------------------------------------------------- untrusted text
+
+
+def clean_text(value: Any) -> str:
+    """Text without control characters (tabs and newlines kept), or ``""`` if not text."""
+    if not isinstance(value, str):
+        return ""
+    return _CONTROL.sub("", unicodedata.normalize("NFC", value))
+
+
+def clean_line(value: Any) -> str:
+    """Text folded onto one line with single spaces."""
+    return " ".join(clean_text(value).split())
+
+
+def safe_url(value: Any) -> str | None:
+    """``value`` if it is an absolute http(s) URL without spaces or control characters."""
+    url = clean_line(value)
+    if not url or url != value or len(url) > _MAX_URL or " " in url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+# --------------------------------------------------------------------------- event views
+
+
+def _level_name(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return ""
+    return clean_line(value.get("name")) or clean_line(value.get("id"))
+
+
+def subject_tag(payload: Mapping[str, Any]) -> str:
+    """What changed, at a glance: ``Imminent Risk ↑``, ``Serious Concern ↓``, ``Delisted``."""
+    kind = payload.get("type")
+    level = _level_name(payload.get("level"))
+    if kind == EventType.ESCALATED:
+        return f"{level} ↑" if level else "Escalated"
+    if kind == EventType.DEESCALATED:
+        return f"{level} ↓" if level else "De-escalated"
+    if kind == EventType.LISTED:
+        return f"{level}, newly listed" if level else "Newly listed"
+    if kind == EventType.DELISTED:
+        studied = payload.get("status") == "previously-studied"
+        return "No longer assessed" if studied else "Delisted"
+    if kind == EventType.UPDATED:
+        return f"{level}, updated analysis" if level else "Updated analysis"
+    return clean_line(kind) or "Alert"
+
+
+def _change(payload: Mapping[str, Any]) -> str:
+    level = _level_name(payload.get("level"))
+    previous = _level_name(payload.get("previous_level"))
+    if previous and level and previous != level:
+        return f"{previous} → {level}"
+    if level:
+        return level
+    return f"{previous} → not listed" if previous else "not listed"
+
+
+def _date(value: Any) -> str:
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    return f"{moment.day} {moment:%B %Y}"
+
+
+def event_view(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """What the templates see of an event: cleaned text, safe links, display strings."""
+    situation = payload.get("situation")
+    situation = situation if isinstance(situation, Mapping) else {}
+    source = payload.get("source")
+    source = source if isinstance(source, Mapping) else {}
+    factors = payload.get("risk_factors")
+    factors = factors if isinstance(factors, Sequence) and not isinstance(factors, str) else []
+    summary = clean_text(payload.get("summary"))
+    return {
+        "id": clean_line(payload.get("id")),
+        "type": clean_line(payload.get("type")),
+        "tag": subject_tag(payload),
+        "situation_name": clean_line(situation.get("name"))
+        or clean_line(situation.get("id"))
+        or "Unknown situation",
+        "situation_id": clean_line(situation.get("id")),
+        "url": safe_url(situation.get("url")),
+        "source_name": clean_line(source.get("name")) or clean_line(source.get("id")),
+        "level": _level_name(payload.get("level")),
+        "previous_level": _level_name(payload.get("previous_level")),
+        "change": _change(payload),
+        "date": _date(payload.get("occurred_at")),
+        "detected": _date(payload.get("detected_at")),
+        "summary": [p for p in (clean_line(x) for x in _PARAGRAPH_BREAK.split(summary)) if p],
+        "risk_factors": [f for f in (clean_line(x) for x in factors) if f],
+    }
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str
+
+
+class MailTemplates:
+    """The built-in templates, overridden file by file from ``override_dir``."""
+
+    def __init__(self, override_dir: Path | None = None) -> None:
+        loaders: list[BaseLoader] = []
+        if override_dir is not None:
+            loaders.append(FileSystemLoader(str(override_dir)))
+        loaders.append(PackageLoader("warnsvc", "templates"))
+        self.env = Environment(
+            loader=ChoiceLoader(loaders),
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+
+    def render(self, name: str, context: Mapping[str, Any]) -> str:
+        return self.env.get_template(name).render(context)
+
+    def mail(self, kind: str, context: Mapping[str, Any]) -> Rendered:
+        """The subject, text and HTML of mail ``kind`` (``event``, ``digest``, ``confirm``)."""
+        subject = clean_line(self.render(f"email/{kind}_subject.txt", context))
+        return Rendered(
+            subject=subject[:_MAX_SUBJECT] or "(no subject)",
+            text=self.render(f"email/{kind}.txt", context),
+            html=self.render(f"email/{kind}.html", context),
+        )
+
+    def check(self, samples: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Render every mail kind with sample data; the problems found (empty when fine)."""
+        problems = []
+        for kind, context in samples.items():
+            try:
+                self.mail(kind, context)
+            except TemplateError as exc:
+                problems.append(f"template for {kind!r} mail: {type(exc).__name__}: {exc}")
+        return problems
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sender:
+    """Who the mail is from: ``From`` and ``Reply-To`` header values, the envelope sender."""
+
+    from_header: str
+    envelope: str
+    reply_to: str | None = None
+    list_id: str | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.envelope.rpartition("@")[2]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Envelope:
+    """One message to send: envelope addresses and the bytes."""
+
+    sender: str
+    recipient: str
+    data: bytes = field(repr=False)
+
+
+def build_message(
+    *,
+    sender: Sender,
+    to_address: str,
+    to_name: str | None,
+    rendered: Rendered,
+    message_id: str,
+    unsubscribe_url: str | None,
+    date: datetime,
+    headers: Mapping[str, str] | None = None,
+) -> Envelope:
+    """A ``multipart/alternative`` message (text, then HTML) ready for SMTP."""
+    msg = EmailMessage(policy=_POLICY)
+    msg["From"] = sender.from_header
+    msg["To"] = format_mailbox(to_name, to_address)
+    if sender.reply_to:
+        msg["Reply-To"] = sender.reply_to
+    msg["Subject"] = rendered.subject
+    msg["Date"] = format_datetime(date, usegmt=True)
+    msg["Message-ID"] = f"<{message_id}@{sender.domain}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    if sender.list_id:
+        msg["List-Id"] = sender.list_id
+    if unsubscribe_url:
+        msg["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for name, value in (headers or {}).items():
+        msg[name] = value
+    msg.set_content(rendered.text, cte="quoted-printable")
+    msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
+    head, _, body = msg.as_bytes().partition(b"\r\n\r\n")
+    # Python folds some values right after the colon ("Subject:\r\n [Imminent ..."), which
+    # leaves a leading space in the unfolded value; put the first line back beside its name.
+    head = _FOLD_AFTER_NAME.sub(rb"\1: ", head)
+    return Envelope(sender=sender.envelope, recipient=to_address, data=head + b"\r\n\r\n" + body)
