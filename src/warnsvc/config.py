@@ -736,6 +736,147 @@ class EmailSettings(_Section):
         return self
 
 
+# --------------------------------------------------------------------------- webhooks
+
+WebhookEventType = Literal[
+    "situation.listed",
+    "risk.escalated",
+    "risk.deescalated",
+    "situation.delisted",
+    "situation.updated",
+]
+_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,}={0,2}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _webhook_secret(value: str) -> str:
+    if not _SECRET.fullmatch(value):
+        raise ValueError(
+            "must be a Standard Webhooks secret: 'whsec_' and base64 of at least 24 random bytes"
+        )
+    return value
+
+
+def _network(value: str) -> str:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"must be an address or network like 127.0.0.0/8, not {value!r}") from None
+    return value
+
+
+class WebhookFiltersSettings(_Section):
+    """What a webhook endpoint receives; an empty list means everything."""
+
+    event_types: list[WebhookEventType] = []
+    situations: list[str] = []
+    sources: list[str] = []
+    min_level: str | None = None
+
+
+class WebhookRetrySettings(_Section):
+    """The persisted retry schedule: exponential backoff with full jitter, then dead-letter."""
+
+    initial: Annotated[float, _duration(minimum=0.1)] = 30.0
+    factor: float = Field(default=2.0, ge=1.0, le=10.0)
+    cap: Annotated[float, _duration(minimum=0.1)] = 7200.0
+    max_attempts: Int = Field(default=20, ge=1, le=1000)
+
+
+class RateLimitSettings(_Section):
+    """Requests allowed per API key: ``requests`` in every ``per``."""
+
+    requests: Int = Field(default=120, ge=1)
+    per: Annotated[float, _duration(minimum=1)] = 60.0
+
+
+class PartnerSettings(_Section):
+    """A partner organisation that may use the webhook API with its key."""
+
+    id: Slug
+    name: str = Field(default="", min_length=1)  # the default comes from the id
+    contact: str | None = None
+    api_key: str | None = Field(default=None, min_length=24, repr=False)
+    api_key_sha256: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_name(cls, data: Any) -> Any:
+        return _default_name(data, str)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> PartnerSettings:
+        if (self.api_key is None) == (self.api_key_sha256 is None):
+            message = "give exactly one of api_key (from the environment) and api_key_sha256"
+            raise PydanticCustomError("field_error", message, {"field": "api_key"})
+        if self.api_key_sha256 is not None and not _SHA256_HEX.fullmatch(self.api_key_sha256):
+            message = "must be 64 lower-case hex digits (sha256sum of the key)"
+            raise PydanticCustomError("field_error", message, {"field": "api_key_sha256"})
+        return self
+
+
+class StaticEndpointSettings(_Section):
+    """A webhook endpoint declared by the operator (managed here, not through the API)."""
+
+    id: Slug
+    url: Annotated[str, AfterValidator(_http_url)]
+    partner: Slug | None = None
+    description: str = ""
+    secret: Annotated[str, AfterValidator(_webhook_secret)] = Field(repr=False)
+    enabled: bool = True
+    filters: WebhookFiltersSettings = Field(default_factory=WebhookFiltersSettings)
+
+
+class WebhooksSettings(_Section):
+    """Webhook delivery to partners: API, limits, retries, SSRF allow-list, static endpoints."""
+
+    allow_hosts: list[str] = []
+    allow_networks: list[Annotated[str, AfterValidator(_network)]] = []
+    timeout: Annotated[float, _duration(minimum=0.1)] = 10.0
+    concurrency: Int = Field(default=64, ge=1, le=10_000)
+    per_endpoint: Int = Field(default=4, ge=1, le=100)
+    batch: Int = Field(default=500, ge=1, le=10_000)
+    parallel_batches: Int = Field(default=2, ge=1, le=16)
+    lease: Annotated[float, _duration(minimum=1)] = 120.0
+    quick_retries: Int = Field(default=2, ge=0, le=5)
+    retry: WebhookRetrySettings = Field(default_factory=WebhookRetrySettings)
+    disable_after: Annotated[float, _duration(minimum=1)] = 172_800.0
+    secret_grace: Duration = 86_400.0
+    max_endpoints: Int = Field(default=50, ge=1)
+    max_body: Size = Field(default=16_384, ge=256)
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    partners: list[PartnerSettings] = []
+    endpoints: list[StaticEndpointSettings] = []
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> WebhooksSettings:
+        longest = self.timeout * (self.quick_retries + 1) + self.quick_retries + 5
+        if longest > self.lease:
+            message = (
+                "must be longer than one delivery can take, timeout x (quick_retries + 1) + "
+                f"quick_retries x 1s + 5s ({format_duration(longest)}), "
+                f"not {format_duration(self.lease)}"
+            )
+            raise PydanticCustomError("field_error", message, {"field": "lease"})
+        partners = [p.id for p in self.partners]
+        for ids, what in ((partners, "partner"), ([e.id for e in self.endpoints], "endpoint")):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                message = f"duplicate {what} id {dupes[0]!r}"
+                raise PydanticCustomError("field_error", message, {"field": f"{what}s"})
+        for index, endpoint in enumerate(self.endpoints):
+            if endpoint.partner is not None and endpoint.partner not in partners:
+                message = (
+                    f"unknown partner {endpoint.partner!r}; known partners: "
+                    f"{', '.join(partners) or 'none'}"
+                )
+                field = f"endpoints[{index}].partner"
+                raise PydanticCustomError("field_error", message, {"field": field})
+        return self
+
+
 class Settings(_Section):
     """The whole configuration. ``path`` is the file it came from (set by :func:`load_config`)."""
 
@@ -746,9 +887,10 @@ class Settings(_Section):
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     sources: list[SourceSettings] = []
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     email: EmailSettings | None = None
 
-    @field_validator("service", "storage", "detection", "feeds", mode="before")
+    @field_validator("service", "storage", "detection", "feeds", "webhooks", mode="before")
     @classmethod
     def _empty_section(cls, value: object) -> object:
         return {} if value is None else value

@@ -107,8 +107,14 @@ class Outbox:
         self.engine = engine
         self.lease = lease
 
-    async def claim(self, channel: str, *, now: datetime, limit: int = 100) -> list[Delivery]:
-        """Claim up to ``limit`` due rows of ``channel`` for this process, with a lease."""
+    async def claim(
+        self, channel: str, *, now: datetime, limit: int = 100, lease: float | None = None
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` due rows of ``channel`` for this process, with a lease.
+
+        ``lease`` (seconds, default the outbox's) lets a channel whose sends take longer, or
+        shorter, hold its rows for as long as one batch can take.
+        """
         table = schema.outbox
         due = and_(
             table.c.channel == channel,
@@ -142,7 +148,7 @@ class Outbox:
                         .where(and_(table.c.id.in_(candidates), due))
                         .values(
                             status=IN_FLIGHT,
-                            lease_until=now + timedelta(seconds=self.lease),
+                            lease_until=now + timedelta(seconds=lease or self.lease),
                             updated_at=now,
                         )
                         .returning(table.c.id)

@@ -26,6 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from warnsvc import __version__
 from warnsvc.channels.base import Channel
 from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
+from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
 from warnsvc.config import Settings, SourceSettings
 from warnsvc.detect import DetectionPolicy
 from warnsvc.model import Scale
@@ -36,7 +37,9 @@ from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
 from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
+from warnsvc.web.api import make_api
 from warnsvc.web.app import make_app
+from warnsvc.webhook_wiring import Webhooks, build_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Components:
     outbox: Outbox
     dispatcher: Dispatcher
     feeds: FeedChannel
+    webhooks: Webhooks | None = None
 
     async def close(self) -> None:
         for session in self.sessions:
@@ -121,10 +125,16 @@ async def build_components(
     )
     feeds = FeedChannel(store, scales, feed_settings(settings))
     channels: dict[str, Channel] = {FEEDS_CHANNEL: feeds}
+    webhooks = await build_webhooks(settings, store, user_agent=user_agent(settings))
+    sessions.append(webhooks.session)
+    channels[WEBHOOKS_CHANNEL] = webhooks.channel
     poller = Poller(store, sources, policy, Routing(channels))
     outbox = Outbox(store.engine)
-    dispatcher = Dispatcher(outbox, channels, RetryPolicy())
-    return Components(settings, store, sessions, sources, poller, outbox, dispatcher, feeds)
+    grace = settings.service.shutdown_timeout * 0.6  # then in-flight sends are released
+    dispatcher = Dispatcher(outbox, channels, RetryPolicy(), grace=grace)
+    return Components(
+        settings, store, sessions, sources, poller, outbox, dispatcher, feeds, webhooks
+    )
 
 
 class Service:
@@ -206,6 +216,9 @@ class Service:
             readiness=self.readiness,
             title=self.settings.feeds.title,
         )
+        if self.parts is not None and self.parts.webhooks is not None:
+            api = self.parts.webhooks.api(self.parts.dispatcher.wake)
+            app.add_subapp("/api/v1", make_api(api))
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, http.host, http.port)

@@ -167,7 +167,11 @@ async def test_migrated_schema_equals_the_metadata(store: Store) -> None:
     assert indexes == {
         "level_history": ["ix_level_history_situation_id_id"],
         "events": ["ix_events_situation_id_seq"],
-        "outbox": ["ix_outbox_channel_status", "ix_outbox_status_next_attempt_at"],
+        "outbox": [
+            "ix_outbox_channel_recipient_id",  # 0002_webhooks: deliveries of an endpoint
+            "ix_outbox_channel_status",
+            "ix_outbox_status_next_attempt_at",
+        ],
     }
 
 

@@ -152,7 +152,7 @@ emial:
 """
     assert problems(text) == [
         f"{FILE}:3: emial: unknown key 'emial'; allowed keys: detection, email, feeds, scales, "
-        "service, sources, storage; did you mean 'email'?"
+        "service, sources, storage, webhooks; did you mean 'email'?"
     ]
 
 

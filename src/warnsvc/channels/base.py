@@ -28,6 +28,8 @@ class Outcome:
     permanent: bool = False
     """True when retrying cannot help: the row goes straight to dead-letter."""
     retry_after: float | None = None
+    deferred: bool = False
+    """Not attempted (shutdown, or too late in the lease): the row is released untouched."""
 
 
 class Channel(Protocol):

@@ -236,3 +236,41 @@ operator_notices = Table(
     Column("acknowledged_at", UTCDateTime),
     Index(None, "acknowledged_at", "id"),
 )
+
+# -- webhooks (revision 0002_webhooks) ---------------------------------------------------------
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("partner_id", String(100)),
+    Column("url", String(2000), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("disabled_reason", Text),
+    Column("static", Boolean, nullable=False, default=False),
+    Column("filters", JSON, nullable=False, default=dict),
+    Column("secret", String(200), nullable=False),
+    Column("previous_secret", String(200)),
+    Column("previous_secret_until", UTCDateTime),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("failing_since", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "partner_id"),
+)
+
+webhook_notices = Table(
+    "webhook_notices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(40), nullable=False),
+    Column("endpoint_id", String(64), nullable=False),
+    Column("partner_id", String(100)),
+    Column("recipient", String(500), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+)
+
+Index("ix_outbox_channel_recipient_id", outbox.c.channel, outbox.c.recipient, outbox.c.id)

@@ -1,0 +1,1 @@
+"""Security helpers: the SSRF guard for outgoing webhook requests, and partner API keys."""

@@ -1,0 +1,591 @@
+"""Webhook endpoints in the store: registration, secrets, filters, health and deliveries.
+
+An endpoint belongs to a partner (or to no one, when an operator made it). Its deliveries are
+ordinary outbox rows of channel ``webhooks`` whose recipient is the endpoint id, so listing and
+redelivering them is a query on the outbox. Secrets are Standard Webhooks secrets
+(``whsec_`` + base64 of 32 random bytes); after a rotation the previous secret keeps signing
+(a second ``v1,`` signature) until its grace period ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from warnsvc.model import Event, EventType
+from warnsvc.outbox import DEAD, DELIVERED, PENDING
+from warnsvc.store import schema
+
+log = logging.getLogger(__name__)
+
+WEBHOOKS_CHANNEL = "webhooks"
+OPERATORS = "operators"
+"""The recipient of operator notices (until an operator channel delivers them)."""
+
+
+def generate_secret() -> str:
+    """A new signing secret, shaped ``whsec_<base64 of 32 random bytes>``."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_`` secret."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def new_endpoint_id() -> str:
+    return "ep_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Filters:
+    """What an endpoint receives. Empty means everything; the kinds combine with AND."""
+
+    event_types: tuple[str, ...] = ()
+    situations: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    min_level: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Filters:
+        data = data or {}
+        return cls(
+            event_types=tuple(data.get("event_types") or ()),
+            situations=tuple(data.get("situations") or ()),
+            sources=tuple(data.get("sources") or ()),
+            min_level=data.get("min_level"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_types": list(self.event_types),
+            "situations": list(self.situations),
+            "sources": list(self.sources),
+            "min_level": self.min_level,
+        }
+
+    def matches(self, event: Event, ranks: Mapping[str, tuple[str, int]]) -> bool:
+        """Whether ``event`` passes; ``ranks`` maps a level id to its (scale id, rank).
+
+        ``min_level`` passes events of that level's scale whose new or previous level is at
+        least as high (so a de-escalation from above it is delivered too).
+        """
+        if self.event_types and event.type.value not in self.event_types:
+            return False
+        if self.situations and event.situation not in self.situations:
+            return False
+        if self.sources and event.source_id not in self.sources:
+            return False
+        if self.min_level is not None:
+            scale, rank = ranks.get(self.min_level, ("", 0))
+            levels = [lv.rank for lv in (event.level, event.previous_level) if lv is not None]
+            if event.scale != scale or not levels or max(levels) < rank:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """A registered webhook endpoint."""
+
+    id: str
+    partner_id: str | None
+    url: str
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    static: bool
+    filters: Filters
+    secret: str = field(repr=False)
+    previous_secret: str | None = field(default=None, repr=False)
+    previous_secret_until: datetime | None = None
+    consecutive_failures: int = 0
+    failing_since: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+    def signing_keys(self, now: datetime) -> list[bytes]:
+        """The current key, and the previous one while its grace period lasts."""
+        keys = [secret_key(self.secret)]
+        if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
+            keys.append(secret_key(self.previous_secret))
+        return keys
+
+    def to_json(self) -> dict[str, Any]:
+        """The public view: never the secret."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "description": self.description,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "static": self.static,
+            "filters": self.filters.to_json(),
+            "previous_secret_expires_at": _iso(self.previous_secret_until),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryRecord:
+    """One delivery of an event to an endpoint, as partners see it."""
+
+    id: int
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    response_status: int | None
+    error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "status": self.status,
+            "attempts": self.attempts,
+            "response_status": self.response_status,
+            "error": self.error,
+            "next_attempt_at": _iso(self.next_attempt_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "delivered_at": _iso(self.delivered_at),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notice:
+    """A recorded notice that an endpoint was disabled, for operators or a partner contact."""
+
+    id: int
+    kind: str
+    endpoint_id: str
+    partner_id: str | None
+    recipient: str
+    message: str
+    created_at: datetime
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _endpoint(row: RowMapping) -> Endpoint:
+    return Endpoint(
+        id=row["id"],
+        partner_id=row["partner_id"],
+        url=row["url"],
+        description=row["description"],
+        enabled=bool(row["enabled"]),
+        disabled_reason=row["disabled_reason"],
+        static=bool(row["static"]),
+        filters=Filters.from_json(row["filters"]),
+        secret=row["secret"],
+        previous_secret=row["previous_secret"],
+        previous_secret_until=row["previous_secret_until"],
+        consecutive_failures=row["consecutive_failures"],
+        failing_since=row["failing_since"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class EndpointStore:
+    """Queries on webhook endpoints and their deliveries."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        url: str,
+        partner_id: str | None,
+        now: datetime,
+        description: str = "",
+        filters: Filters | None = None,
+        enabled: bool = True,
+        endpoint_id: str | None = None,
+        secret: str | None = None,
+        static: bool = False,
+    ) -> tuple[Endpoint, str]:
+        """Register an endpoint; returns it and its secret (shown to the partner once)."""
+        secret = secret or generate_secret()
+        endpoint = Endpoint(
+            id=endpoint_id or new_endpoint_id(),
+            partner_id=partner_id,
+            url=url,
+            description=description,
+            enabled=enabled,
+            disabled_reason=None,
+            static=static,
+            filters=filters or Filters(),
+            secret=secret,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                schema.webhook_endpoints.insert().values(
+                    id=endpoint.id,
+                    partner_id=partner_id,
+                    url=url,
+                    description=description,
+                    enabled=enabled,
+                    static=static,
+                    filters=endpoint.filters.to_json(),
+                    secret=secret,
+                    consecutive_failures=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return endpoint, secret
+
+    async def get(self, endpoint_id: str) -> Endpoint | None:
+        table = schema.webhook_endpoints
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(table).where(table.c.id == endpoint_id)))
+                .mappings()
+                .first()
+            )
+        return _endpoint(row) if row else None
+
+    async def owned(self, partner_id: str | None = None, *, every: bool = False) -> list[Endpoint]:
+        """A partner's endpoints (or, with ``every``, all of them), oldest first."""
+        table = schema.webhook_endpoints
+        query = select(table).order_by(table.c.created_at, table.c.id)
+        if not every:
+            query = query.where(table.c.partner_id == partner_id)
+        async with self.engine.connect() as conn:
+            return [_endpoint(r) for r in (await conn.execute(query)).mappings().all()]
+
+    async def count(self, partner_id: str) -> int:
+        table = schema.webhook_endpoints
+        query = select(func.count()).select_from(table).where(table.c.partner_id == partner_id)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def by_ids(self, ids: Iterable[str]) -> dict[str, Endpoint]:
+        table = schema.webhook_endpoints
+        wanted = list(set(ids))
+        found: dict[str, Endpoint] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+                chunk = wanted[start : start + 900]
+                rows = (await conn.execute(select(table).where(table.c.id.in_(chunk)))).mappings()
+                found.update((r["id"], _endpoint(r)) for r in rows.all())
+        return found
+
+    async def routable(self, conn: AsyncConnection) -> list[Endpoint]:
+        """Every enabled endpoint, read on the caller's transaction (the event's own)."""
+        table = schema.webhook_endpoints
+        rows = (await conn.execute(select(table).where(table.c.enabled.is_(True)))).mappings()
+        return [_endpoint(r) for r in rows.all()]
+
+    async def update(self, endpoint_id: str, *, now: datetime, **changes: Any) -> Endpoint | None:
+        """Change url, description, filters or enabled. Enabling clears the failure record."""
+        values: dict[str, Any] = {"updated_at": now}
+        for key in ("url", "description"):
+            if key in changes:
+                values[key] = changes[key]
+        if "filters" in changes:
+            values["filters"] = changes["filters"].to_json()
+        if "enabled" in changes:
+            values["enabled"] = changes["enabled"]
+            if changes["enabled"]:
+                values.update(disabled_reason=None, consecutive_failures=0, failing_since=None)
+            else:
+                values["disabled_reason"] = changes.get("disabled_reason", "disabled by request")
+        table = schema.webhook_endpoints
+        async with self.engine.begin() as conn:
+            await conn.execute(update(table).where(table.c.id == endpoint_id).values(values))
+        return await self.get(endpoint_id)
+
+    async def delete(self, endpoint_id: str) -> bool:
+        """Remove an endpoint. Its pending rows are dead-lettered when next claimed."""
+        table = schema.webhook_endpoints
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(table).where(table.c.id == endpoint_id))
+        return bool(result.rowcount)
+
+    async def rotate(
+        self, endpoint_id: str, *, grace: float, now: datetime
+    ) -> tuple[Endpoint, str] | None:
+        """A new secret; the current one keeps signing for ``grace`` seconds."""
+        current = await self.get(endpoint_id)
+        if current is None:
+            return None
+        secret = generate_secret()
+        until = now + timedelta(seconds=grace) if grace > 0 else None
+        table = schema.webhook_endpoints
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(table)
+                .where(table.c.id == endpoint_id)
+                .values(
+                    secret=secret,
+                    previous_secret=current.secret if until else None,
+                    previous_secret_until=until,
+                    updated_at=now,
+                )
+            )
+        rotated = replace(
+            current,
+            secret=secret,
+            previous_secret=current.secret if until else None,
+            previous_secret_until=until,
+            updated_at=now,
+        )
+        return rotated, secret
+
+    async def sync_static(self, declared: Sequence[Endpoint], *, now: datetime) -> None:
+        """Make the operator's YAML endpoints the static rows: add, update, remove."""
+        table = schema.webhook_endpoints
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(select(table).where(table.c.static.is_(True)))).mappings()
+            existing = {r["id"]: _endpoint(r) for r in rows.all()}
+            for endpoint in declared:
+                values: dict[str, Any] = {
+                    "partner_id": endpoint.partner_id,
+                    "url": endpoint.url,
+                    "description": endpoint.description,
+                    "filters": endpoint.filters.to_json(),
+                    "secret": endpoint.secret,
+                    "updated_at": now,
+                }
+                old = existing.pop(endpoint.id, None)
+                if old is None:
+                    await conn.execute(
+                        table.insert().values(
+                            id=endpoint.id,
+                            static=True,
+                            enabled=endpoint.enabled,
+                            consecutive_failures=0,
+                            created_at=now,
+                            **values,
+                        )
+                    )
+                    continue
+                if old.secret != endpoint.secret:
+                    values.update(previous_secret=None, previous_secret_until=None)
+                if not endpoint.enabled:
+                    values.update(enabled=False, disabled_reason="disabled in the configuration")
+                elif old.disabled_reason == "disabled in the configuration":
+                    values.update(enabled=True, disabled_reason=None)
+                await conn.execute(update(table).where(table.c.id == endpoint.id).values(values))
+            if existing:
+                await conn.execute(delete(table).where(table.c.id.in_(list(existing))))
+
+    # -- health ------------------------------------------------------------------------------
+
+    async def record_health(
+        self, *, succeeded: Iterable[str], failed: Iterable[str], now: datetime
+    ) -> None:
+        """Reset the failure record of endpoints that answered 2xx; extend it for failures."""
+        table = schema.webhook_endpoints
+        ok, bad = sorted(set(succeeded)), sorted(set(failed))
+        async with self.engine.begin() as conn:
+            for start in range(0, len(ok), 900):
+                await conn.execute(
+                    update(table)
+                    .where(table.c.id.in_(ok[start : start + 900]))
+                    .values(consecutive_failures=0, failing_since=None)
+                )
+            for start in range(0, len(bad), 900):
+                await conn.execute(
+                    update(table)
+                    .where(table.c.id.in_(bad[start : start + 900]))
+                    .values(
+                        consecutive_failures=table.c.consecutive_failures + 1,
+                        failing_since=func.coalesce(table.c.failing_since, now),
+                    )
+                )
+
+    async def disable(
+        self,
+        endpoint: Endpoint,
+        *,
+        reason: str,
+        notify: Sequence[str],
+        now: datetime,
+    ) -> bool:
+        """Disable an endpoint and record a notice for each of ``notify``, in one transaction.
+
+        Returns False when it was already disabled (nobody is told twice).
+        """
+        table = schema.webhook_endpoints
+        message = (
+            f"Webhook endpoint {endpoint.id} ({endpoint.url}) was disabled: {reason}. "
+            "Fix the receiver, enable the endpoint again (PATCH enabled=true), then redeliver "
+            "what was dead-lettered."
+        )
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(table)
+                .where(and_(table.c.id == endpoint.id, table.c.enabled.is_(True)))
+                .values(enabled=False, disabled_reason=reason, updated_at=now)
+            )
+            if not result.rowcount:
+                return False
+            for recipient in notify:
+                await conn.execute(
+                    schema.webhook_notices.insert().values(
+                        kind="endpoint_disabled",
+                        endpoint_id=endpoint.id,
+                        partner_id=endpoint.partner_id,
+                        recipient=recipient,
+                        message=message,
+                        created_at=now,
+                    )
+                )
+        return True
+
+    async def notices(self) -> list[Notice]:
+        table = schema.webhook_notices
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(table).order_by(table.c.id))).mappings().all()
+        return [
+            Notice(
+                id=r["id"],
+                kind=r["kind"],
+                endpoint_id=r["endpoint_id"],
+                partner_id=r["partner_id"],
+                recipient=r["recipient"],
+                message=r["message"],
+                created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    async def deliveries(
+        self,
+        endpoint_id: str,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        before: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """An endpoint's deliveries, newest first; ``before`` pages on the delivery id."""
+        outbox, events = schema.outbox, schema.events
+        query = (
+            select(outbox, events.c.type)
+            .join(events, events.c.id == outbox.c.event_id)
+            .where(outbox.c.channel == WEBHOOKS_CHANNEL, outbox.c.recipient == endpoint_id)
+            .order_by(outbox.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(outbox.c.status == status)
+        if before is not None:
+            query = query.where(outbox.c.id < before)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            DeliveryRecord(
+                id=r["id"],
+                event_id=r["event_id"],
+                event_type=r["type"],
+                status=r["status"],
+                attempts=r["attempts"],
+                response_status=r["last_status"],
+                error=r["last_error"],
+                next_attempt_at=r["next_attempt_at"] if r["status"] == PENDING else None,
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+                delivered_at=r["delivered_at"],
+            )
+            for r in rows
+        ]
+
+    async def redeliver(self, endpoint_id: str, delivery_id: int, *, now: datetime) -> bool:
+        """Queue one delivered or dead-lettered delivery again, with a fresh retry schedule."""
+        outbox = schema.outbox
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.id == delivery_id,
+                    outbox.c.channel == WEBHOOKS_CHANNEL,
+                    outbox.c.recipient == endpoint_id,
+                    outbox.c.status.in_([DEAD, DELIVERED]),
+                )
+                .values(_requeue(now))
+            )
+        return bool(result.rowcount)
+
+    async def redeliver_dead(self, endpoint_id: str, *, since: datetime, now: datetime) -> int:
+        """Queue again every delivery of the endpoint dead-lettered at or after ``since``."""
+        outbox = schema.outbox
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.channel == WEBHOOKS_CHANNEL,
+                    outbox.c.recipient == endpoint_id,
+                    outbox.c.status == DEAD,
+                    outbox.c.updated_at >= since,
+                )
+                .values(_requeue(now))
+            )
+        return int(result.rowcount)
+
+    async def delivery_endpoint(self, delivery_id: int) -> str | None:
+        """The endpoint a webhook delivery belongs to."""
+        outbox = schema.outbox
+        query = select(outbox.c.recipient).where(
+            outbox.c.id == delivery_id, outbox.c.channel == WEBHOOKS_CHANNEL
+        )
+        async with self.engine.connect() as conn:
+            value: str | None = (await conn.execute(query)).scalar_one_or_none()
+        return value
+
+
+def _requeue(now: datetime) -> dict[str, Any]:
+    return {
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "delivered_at": None,
+        "updated_at": now,
+    }
+
+
+def test_event(*, service: str, now: datetime, event_id: str) -> Event:
+    """The ``webhook.test`` event a partner asks for to check an endpoint."""
+    return Event(
+        id=event_id,
+        type=EventType.WEBHOOK_TEST,
+        source_id="warnsvc",
+        source_name=service,
+        situation="warnsvc:webhook-test",
+        situation_name="Webhook test",
+        situation_url=None,
+        scale="none",
+        level=None,
+        previous_level=None,
+        occurred_at=now,
+        detected_at=now,
+        summary="A test event sent on request; it reports no change in any situation.",
+    )
