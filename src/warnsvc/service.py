@@ -25,10 +25,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from warnsvc import __version__
 from warnsvc.channels.base import Channel
+from warnsvc.channels.email import DIGEST_CHANNEL, EMAIL_CHANNEL
 from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
 from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
 from warnsvc.config import Settings, SourceSettings
 from warnsvc.detect import DetectionPolicy
+from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.outbox import Outbox, RetryPolicy
 from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
@@ -94,10 +96,13 @@ class Components:
     dispatcher: Dispatcher
     feeds: FeedChannel
     webhooks: Webhooks | None = None
+    email: EmailParts | None = None
 
     async def close(self) -> None:
         for session in self.sessions:
             await session.close()
+        if self.email is not None:
+            await self.email.close()
         await self.store.close()
 
 
@@ -128,13 +133,20 @@ async def build_components(
     webhooks = await build_webhooks(settings, store, user_agent=user_agent(settings))
     sessions.append(webhooks.session)
     channels[WEBHOOKS_CHANNEL] = webhooks.channel
+    email = build_email(settings, store)
+    if email is not None:
+        await email.prepare()
+        channels[EMAIL_CHANNEL] = email.channel
+        channels[DIGEST_CHANNEL] = email.digests
     poller = Poller(store, sources, policy, Routing(channels))
     outbox = Outbox(store.engine)
     grace = settings.service.shutdown_timeout * 0.6  # then in-flight sends are released
     dispatcher = Dispatcher(outbox, channels, RetryPolicy(), grace=grace)
-    return Components(
+    parts = Components(
         settings, store, sessions, sources, poller, outbox, dispatcher, feeds, webhooks
     )
+    parts.email = email
+    return parts
 
 
 class Service:
@@ -153,6 +165,8 @@ class Service:
         self.parts = await build_components(self.settings)
         await self.parts.feeds.rebuild()  # subscribers can fetch empty feeds from the start
         self._dispatch_task = asyncio.create_task(self.parts.dispatcher.run(), name="dispatcher")
+        if self.parts.email is not None:
+            self.parts.email.start(on_digests=self.parts.dispatcher.wake)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         for source_id in self.parts.sources:
             self._schedule(source_id)
@@ -219,6 +233,8 @@ class Service:
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
             app.add_subapp("/api/v1", make_api(api))
+        if self.parts is not None and self.parts.email is not None:
+            self.parts.email.add_routes(app)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, http.host, http.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,8 +92,9 @@ class EmailParts:
     store: Store
     scales: Mapping[str, Scale]
     sources: Mapping[str, str]
+    task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def prepare(self) -> None:
         """Check templates, sync the YAML subscribers; warn about a non-https base URL."""
         problems = self.mailer.check_templates()
         if problems:
@@ -127,6 +129,13 @@ class EmailParts:
                 extra={"action": "email_base_url_not_https"},
             )
 
+    def start(self, on_digests: Callable[[], None] | None = None) -> None:
+        """Run the worker (confirmation mails, digests) in the background."""
+        if on_digests is not None:
+            self.worker.on_digests = on_digests
+        if self.task is None:
+            self.task = asyncio.create_task(self.worker.run(), name="email-worker")
+
     def add_routes(self, app: web.Application) -> None:
         add_subscription_routes(
             app,
@@ -147,6 +156,12 @@ class EmailParts:
 
     async def close(self) -> None:
         self.worker.stop()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, timeout=10)
+            except TimeoutError:
+                log.warning("email worker did not stop in time", extra={"action": "email_stop"})
+            self.task = None
         await self.mailer.close()
 
 
