@@ -5,6 +5,7 @@
     warnsvc parse          parse a file or URL with a source kind; observations as JSON lines
     warnsvc poll --once    poll now; print the events emitted (or, with --dry-run, that would be)
     warnsvc feeds rebuild  rewrite every feed file from the stored events
+    warnsvc webhooks       list, add, rm webhook endpoints; redeliver deliveries
     warnsvc demo           the whole flow offline, on bundled fixtures
 
 Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad config.
@@ -73,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         help="do not wait to re-fetch changes that await confirmation",
     )
     poll.add_argument("--json", action="store_true", help="print event payloads as JSON lines")
+    from warnsvc import webhook_cli
+
+    webhook_cli.add_parser(command)
     feeds = command("feeds", "feed files")
     feeds.add_argument("action", choices=["rebuild"])
     demo = commands.add_parser(
@@ -321,6 +325,12 @@ def _event_line(event: Event) -> str:
 # -- feeds, demo ---------------------------------------------------------------------------------
 
 
+def _webhooks(args: argparse.Namespace) -> int:
+    from warnsvc import webhook_cli
+
+    return webhook_cli.run(args, _load(args))
+
+
 def _feeds(args: argparse.Namespace) -> int:
     settings = _load(args)
     return asyncio.run(_rebuild_feeds(settings))
@@ -355,5 +365,6 @@ _COMMANDS = {
     "parse": _parse,
     "poll": _poll,
     "feeds": _feeds,
+    "webhooks": _webhooks,
     "demo": _demo,
 }

@@ -385,6 +385,15 @@ class EndpointStore:
                         )
                     )
                     continue
+                same = (old.partner_id, old.url, old.description, old.filters, old.secret) == (
+                    endpoint.partner_id,
+                    endpoint.url,
+                    endpoint.description,
+                    endpoint.filters,
+                    endpoint.secret,
+                )
+                if same and old.enabled == endpoint.enabled:
+                    continue  # unchanged: keep its updated_at
                 if old.secret != endpoint.secret:
                     values.update(previous_secret=None, previous_secret_until=None)
                 if not endpoint.enabled:
