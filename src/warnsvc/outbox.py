@@ -108,18 +108,25 @@ class Outbox:
         self.lease = lease
 
     async def claim(
-        self, channel: str, *, now: datetime, limit: int = 100, lease: float | None = None
+        self,
+        channel: str,
+        *,
+        now: datetime,
+        limit: int = 100,
+        lease: float | None = None,
+        due_by: datetime | None = None,
     ) -> list[Delivery]:
         """Claim up to ``limit`` due rows of ``channel`` for this process, with a lease.
 
         ``lease`` (seconds, default the outbox's) lets a channel whose sends take longer, or
-        shorter, hold its rows for as long as one batch can take.
+        shorter, hold its rows for as long as one batch can take. ``due_by`` (default ``now``)
+        claims only pending rows due by then, so a one-off drain ends.
         """
         table = schema.outbox
         due = and_(
             table.c.channel == channel,
             or_(
-                and_(table.c.status == PENDING, table.c.next_attempt_at <= now),
+                and_(table.c.status == PENDING, table.c.next_attempt_at <= (due_by or now)),
                 and_(table.c.status == IN_FLIGHT, table.c.lease_until < now),
             ),
         )

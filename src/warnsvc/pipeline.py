@@ -267,13 +267,19 @@ class Dispatcher:
                 abort()
 
     async def drain(self) -> int:
-        """Deliver every row that is due now, every channel at once. Returns how many were tried."""
+        """Deliver every row that is due now, every channel at once. Returns how many were tried.
+
+        Rows that fail and fall due again while it runs are left for the next run.
+        """
+        due_by = _now()
         counts = await asyncio.gather(
-            *(self._pump(name, ch, forever=False) for name, ch in self.channels.items())
+            *(self._pump(n, ch, forever=False, due_by=due_by) for n, ch in self.channels.items())
         )
         return sum(counts)
 
-    async def _pump(self, name: str, channel: Channel, *, forever: bool) -> int:
+    async def _pump(
+        self, name: str, channel: Channel, *, forever: bool, due_by: datetime | None = None
+    ) -> int:
         """Claim and deliver batches of one channel; until stopped, or until none is due."""
         size = int(getattr(channel, "batch_size", self.batch))
         lease = getattr(channel, "lease", None)
@@ -288,7 +294,7 @@ class Dispatcher:
                     slots.release()
                     break
                 wake.clear()  # a wake (or stop) from here on is seen by the wait below
-                claimed = await self._claim(name, size, lease)
+                claimed = await self._claim(name, size, lease, due_by)
                 if claimed:
                     tried += len(claimed)
                     task = asyncio.create_task(self._batch(channel, claimed))
@@ -313,9 +319,11 @@ class Dispatcher:
             await asyncio.gather(*running, return_exceptions=True)
         return tried
 
-    async def _claim(self, name: str, size: int, lease: float | None) -> list[Delivery]:
+    async def _claim(
+        self, name: str, size: int, lease: float | None, due_by: datetime | None
+    ) -> list[Delivery]:
         try:
-            return await self.outbox.claim(name, now=_now(), limit=size, lease=lease)
+            return await self.outbox.claim(name, now=_now(), limit=size, lease=lease, due_by=due_by)
         except (StoreError, SQLAlchemyError) as exc:
             log.error(
                 "dispatcher cannot reach the store: %s",
