@@ -153,7 +153,7 @@ def test_headers_are_encoded_and_never_folded_into_a_leading_space() -> None:
     msg = BytesParser(policy=policy.default).parsebytes(data)
     assert msg["Subject"] == subject.strip()
     assert msg["To"] == '"Zoë, the reader" <r@example.org>'
-    assert "\r\nDate: Tue, 02 Jan 2024 03:04:05 +0000\r\n" in head
+    assert "\r\nDate: Tue, 02 Jan 2024 03:04:05 GMT\r\n" in head
     assert msg["Message-ID"] == "<evt_1.2@example.org>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")

@@ -241,14 +241,27 @@ class _Job:
 
 
 class _SubscriberChannel:
-    """What both channels share: load subscribers, send a batch, map errors to outcomes."""
+    """What both channels share: load subscribers, send a batch, map errors to outcomes.
+
+    The dispatcher reads ``batch_size``, ``parallel_batches`` and ``lease``: two batches in
+    flight keep the SMTP pool busy while the other batch is being recorded and claimed (the
+    pool still bounds the messages in flight), and the lease outlasts the time budget.
+    """
 
     name: str
+    batch_size = 200
+    parallel_batches = 1
 
     def __init__(self, engine: AsyncEngine, mailer: Mailer, scales: Mapping[str, Scale]) -> None:
         self.engine = engine
         self.mailer = mailer
         self.scales = scales
+        self.lease = mailer.options.batch_budget + mailer.options.smtp.timeout * 2 + 30
+        self._aborted = False
+
+    def abort(self) -> None:
+        """Shutdown: messages not started yet are handed back (not counted as attempts)."""
+        self._aborted = True
 
     async def _matching(self, conn: AsyncConnection, event: Event, mode: str) -> list[Any]:
         payload = event.payload()
@@ -263,8 +276,15 @@ class _SubscriberChannel:
         deadline = loop.time() + self.mailer.options.batch_budget
         results = await asyncio.gather(*(self._send_one(job, deadline) for job in jobs))
         outcomes = [outcome for outcome, _ in results]
-        delivered = [job.subscriber.id for job, (o, _) in zip(jobs, results, strict=True) if o.ok]
+        # only addresses with hard failures on record need a reset after a success
+        delivered = [
+            job.subscriber.id
+            for job, (outcome, _) in zip(jobs, results, strict=True)
+            if outcome.ok and job.subscriber.hard_failures
+        ]
         rejected = [job.subscriber.id for job, (_, hard) in zip(jobs, results, strict=True) if hard]
+        if not delivered and not rejected:
+            return [*skipped, *outcomes]
         try:
             await mailstore.record_results(
                 self.engine,
@@ -279,13 +299,12 @@ class _SubscriberChannel:
 
     async def _send_one(self, job: _Job, deadline: float) -> tuple[Outcome, bool]:
         delivery_id = job.delivery.id
-        if asyncio.get_running_loop().time() > deadline:
-            return Outcome(
-                delivery_id=delivery_id,
-                ok=False,
-                error="not attempted: the batch ran out of time (rate limit or slow server)",
-                retry_after=0.0,
-            ), False
+        if self._aborted or asyncio.get_running_loop().time() > deadline:
+            reason = "shutting down" if self._aborted else "the batch ran out of time"
+            outcome = Outcome(
+                delivery_id=delivery_id, ok=False, error=f"not attempted: {reason}", deferred=True
+            )
+            return outcome, False
         try:
             envelope = job.build()
         except Exception as exc:  # a template or data problem: retrying will not fix it soon

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -152,8 +153,15 @@ class SmtpPool:
 
     async def send(self, sender: str, recipient: str, message: bytes) -> None:
         """Send one message to one recipient; retry blips; raise :class:`SendError`."""
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(1 + self.config.quick_retries),
+        try:
+            await self.send_once(sender, recipient, message)
+            return
+        except SendError as exc:
+            if exc.permanent or not self.config.quick_retries:
+                raise
+        await asyncio.sleep(random.uniform(self.config.quick_wait / 2, self.config.quick_wait))
+        retrying = AsyncRetrying(  # the first attempt failed: tenacity takes over
+            stop=stop_after_attempt(self.config.quick_retries),
             wait=wait_exponential(multiplier=self.config.quick_wait, max=5.0)
             + wait_random(0, self.config.quick_wait),
             retry=retry_if_exception(lambda e: isinstance(e, SendError) and not e.permanent),
