@@ -6,6 +6,10 @@
     warnsvc poll --once    poll now; print the events emitted (or, with --dry-run, that would be)
     warnsvc feeds rebuild  rewrite every feed file from the stored events
     warnsvc webhooks       list, add, rm webhook endpoints; redeliver deliveries
+    warnsvc status         sources, situations and the outbox at a glance (--json)
+    warnsvc events         recent events (--json)
+    warnsvc reload         make the running service re-read its config
+    warnsvc publish        announce a change as an operator; warnsvc retract EVENT corrects one
     warnsvc demo           the whole flow offline, on bundled fixtures
 
 Exit status: 0 ok, 1 runtime failure, 2 bad usage or bad config.
@@ -74,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
         help="do not wait to re-fetch changes that await confirmation",
     )
     poll.add_argument("--json", action="store_true", help="print event payloads as JSON lines")
+    status = command("status", "sources, situations and the outbox at a glance")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    events = command("events", "recent events, newest first")
+    events.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    events.add_argument("--situation", help="only this situation")
+    events.add_argument("--json", action="store_true", help="print payloads as JSON lines")
+    command("reload", "tell the running service to re-read its config (SIGHUP)")
+    publish = command("publish", "announce a level change now, before the source shows it")
+    publish.add_argument("--situation", required=True, help="e.g. gcr2p:nagorno-karabakh")
+    publish.add_argument("--level", required=True, help="a level id or name on its scale")
+    publish.add_argument("--note", required=True, help="why; shown in every channel")
+    retract = command("retract", "publish a correction of an event")
+    retract.add_argument("event", help="the event id (see `warnsvc events`)")
+    retract.add_argument(
+        "--note", default="This alert was issued in error.", help="the correction's text"
+    )
     from warnsvc import webhook_cli
 
     webhook_cli.add_parser(command)
@@ -359,6 +379,129 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(feeds_dir=args.feeds_dir, confirm_delay=args.confirm_delay))
 
 
+def _status(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    return asyncio.run(_show_status(settings, as_json=args.json))
+
+
+async def _show_status(settings: Settings, *, as_json: bool) -> int:
+    from datetime import UTC, datetime
+
+    from warnsvc.status import gather, render_status
+    from warnsvc.store.db import Store
+
+    service = await _service_state(settings)
+    store = await Store.open(settings.storage.url)
+    try:
+        status = await gather(settings, store, service)
+    finally:
+        await store.close()
+    if as_json:
+        print(json.dumps(status.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(render_status(status, now=datetime.now(UTC)))
+    return EXIT_OK
+
+
+async def _service_state(settings: Settings) -> dict[str, Any]:
+    """What the running service's /readyz says, or that it does not answer."""
+    import aiohttp
+
+    http = settings.service.http
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    url = f"http://{host}:{http.port}/readyz"
+    try:
+        timeout = aiohttp.ClientTimeout(total=3)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            body: dict[str, Any] = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return {"reachable": False, "url": url}
+    return {"reachable": True, "url": url, **body}
+
+
+def _events(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    return asyncio.run(_show_events(settings, args))
+
+
+async def _show_events(settings: Settings, args: argparse.Namespace) -> int:
+    from warnsvc.status import render_events
+    from warnsvc.store.db import Store
+
+    store = await Store.open(settings.storage.url)
+    try:
+        events = await store.recent_events(limit=args.limit, situation=args.situation)
+    finally:
+        await store.close()
+    if args.json:
+        for payload in events:
+            print(json.dumps(payload, ensure_ascii=False))
+    else:
+        print(render_events(events))
+    return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    settings = load_config(args.config)  # a broken file is reported here, before signalling
+    pid_file = settings.service.pid_file
+    if pid_file is None or not pid_file.is_file():
+        print(
+            f"warnsvc: error: no pid file at {pid_file}; is `warnsvc run` running here?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    try:
+        pid = int(pid_file.read_text(encoding="ascii").strip())
+        os.kill(pid, signal.SIGHUP)
+    except (ValueError, ProcessLookupError, PermissionError) as exc:
+        print(f"warnsvc: error: cannot signal the process in {pid_file}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"reload requested (SIGHUP sent to process {pid}); `warnsvc status` shows whether it took"
+    )
+    return EXIT_OK
+
+
+def _publish(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    return asyncio.run(_manual(settings, args, publishing=True))
+
+
+def _retract(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    return asyncio.run(_manual(settings, args, publishing=False))
+
+
+async def _manual(settings: Settings, args: argparse.Namespace, *, publishing: bool) -> int:
+    from datetime import UTC, datetime
+
+    from warnsvc.manual import ManualEventError, publish, retract
+    from warnsvc.service import build_components
+
+    parts = await build_components(settings, with_sources=False)
+    now = datetime.now(UTC)
+    try:
+        if publishing:
+            event = await publish(
+                parts, situation=args.situation, level=args.level, note=args.note, now=now
+            )
+        else:
+            event = await retract(parts, event_id=args.event, note=args.note, now=now)
+    except ManualEventError as exc:
+        print(f"warnsvc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        await parts.close()
+    print(_event_line(event))
+    print(
+        "queued for every channel; the running service delivers it within seconds", file=sys.stderr
+    )
+    return EXIT_OK
+
+
 _COMMANDS = {
     "run": _run,
     "check-config": _check_config,
@@ -367,4 +510,9 @@ _COMMANDS = {
     "feeds": _feeds,
     "webhooks": _webhooks,
     "demo": _demo,
+    "status": _status,
+    "events": _events,
+    "reload": _reload,
+    "publish": _publish,
+    "retract": _retract,
 }

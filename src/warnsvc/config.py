@@ -331,12 +331,15 @@ class ServiceSettings(_Section):
     log_format: LogFormat = "text"
     user_agent: str | None = None
     shutdown_timeout: Duration = 10.0
+    pid_file: Path | None = Path("data/warnsvc.pid")
+    watch_config: bool = True
 
 
 class StorageSettings(_Section):
     """The database."""
 
     url: Annotated[str, AfterValidator(_database_url)] = "sqlite+aiosqlite:///data/warnsvc.db"
+    retention: Annotated[float, _duration(minimum=3600)] = 30 * 86_400.0
 
 
 class DetectionSettings(_Section):
@@ -395,6 +398,7 @@ class BaseSourceSettings(_Section):
     name: str = Field(default="", min_length=1)  # the default comes from the id
     url: HttpUrl
     enabled: bool = True
+    critical: bool = True
     interval: Annotated[float, _duration(minimum=10)] = 21_600.0
     jitter: Duration = 300.0
     scale: Slug

@@ -256,6 +256,8 @@ class EventType(StrEnum):
     DEESCALATED = "risk.deescalated"
     DELISTED = "situation.delisted"
     UPDATED = "situation.updated"
+    RETRACTED = "event.retracted"
+    """An operator's correction: the event named in ``retracts`` was wrong."""
     WEBHOOK_TEST = "webhook.test"
 
 
@@ -279,9 +281,23 @@ class Event:
     risk_factors: tuple[str, ...] = ()
     status: Status = Status.ASSESSED
     previous_status: Status | None = None
+    manual: bool = False
+    """Announced by an operator (``warnsvc publish``/``retract``), not read from the source."""
+    note: str | None = None
+    retracts: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        """The public JSON payload (webhook body, JSON Feed extension)."""
+        """The public JSON payload (webhook body, JSON Feed extension).
+
+        ``manual``, ``note`` and ``retracts`` appear only on operators' events.
+        """
+        operator: dict[str, Any] = {}
+        if self.manual:
+            operator["manual"] = True
+        if self.note is not None:
+            operator["note"] = self.note
+        if self.retracts is not None:
+            operator["retracts"] = self.retracts
         return {
             "id": self.id,
             "type": self.type.value,
@@ -299,6 +315,7 @@ class Event:
             "status": self.status.value,
             "summary": self.summary,
             "risk_factors": list(self.risk_factors),
+            **operator,
         }
 
     def payload_json(self) -> str:

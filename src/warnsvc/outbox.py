@@ -263,3 +263,23 @@ class Outbox:
         async with self.engine.connect() as conn:
             value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
         return value
+
+    async def oldest_pending(self) -> dict[str, datetime]:
+        """When the oldest row still pending or in flight was created, by channel."""
+        table = schema.outbox
+        query = (
+            select(table.c.channel, func.min(table.c.created_at))
+            .where(table.c.status.in_([PENDING, IN_FLIGHT]))
+            .group_by(table.c.channel)
+        )
+        async with self.engine.connect() as conn:
+            return {channel: when for channel, when in (await conn.execute(query)).all()}
+
+    async def prune(self, *, before: datetime) -> int:
+        """Delete delivered rows delivered before ``before``; pending and dead rows stay."""
+        table = schema.outbox
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                table.delete().where(table.c.status == DELIVERED, table.c.delivered_at < before)
+            )
+        return int(result.rowcount or 0)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from warnsvc import metrics
 from warnsvc.channels.base import Channel, Outcome
 from warnsvc.detect import Detection, DetectionPolicy, build_event, detect_changes
 from warnsvc.errors import SourceError, StoreError
@@ -82,7 +83,13 @@ class Poller:
     async def poll(self, source_id: str, *, dry_run: bool = False) -> PollReport:
         source = self.sources[source_id]
         async with self._locks.setdefault(source_id, asyncio.Lock()):
-            return await self._poll(source, dry_run=dry_run)
+            report = await self._poll(source, dry_run=dry_run)
+        if not dry_run:
+            metrics.POLLS.labels(source=source_id, result="ok" if report.ok else "failed").inc()
+            metrics.SOURCE_HEALTHY.labels(source=source_id).set(1 if report.ok else 0)
+            for event in report.events:
+                metrics.EVENTS.labels(type=event.type.value).inc()
+        return report
 
     async def _poll(self, source: Source, *, dry_run: bool) -> PollReport:
         sid = source.info.id
@@ -372,6 +379,8 @@ class Dispatcher:
                 delivered.setdefault(outcome.status, []).append(outcome.delivery_id)
         for status, ids in delivered.items():
             await self.outbox.complete(ids, now=now, status=status)
+            for delivery_id in ids:
+                _count_delivered(by_id[delivery_id], now)
         answered = {o.delivery_id for o in outcomes}
         released = [o.delivery_id for o in outcomes if o.deferred and not o.ok]
         released += [d.id for d in claimed if d.id not in answered]
@@ -398,6 +407,9 @@ class Dispatcher:
             now=now,
             status=outcome.status,
         )
+        metrics.DELIVERIES.labels(
+            channel=delivery.channel, result="dead" if decision.dead else "retry"
+        ).inc()
         log.warning(
             "delivery %d via %s failed (attempt %d): %s; %s",
             delivery.id,
@@ -413,6 +425,16 @@ class Dispatcher:
                 "attempt": attempts,
             },
         )
+
+
+def _count_delivered(delivery: Delivery, now: datetime) -> None:
+    metrics.DELIVERIES.labels(channel=delivery.channel, result="delivered").inc()
+    detected = delivery.payload.get("detected_at")
+    if isinstance(detected, str):
+        with contextlib.suppress(ValueError):
+            since = datetime.fromisoformat(detected.replace("Z", "+00:00"))
+            latency = max(0.0, (now - since).total_seconds())
+            metrics.DELIVERY_LATENCY.labels(channel=delivery.channel).observe(latency)
 
 
 def _now() -> datetime:

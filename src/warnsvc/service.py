@@ -23,17 +23,19 @@ import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from warnsvc import __version__
+from warnsvc import __version__, metrics
 from warnsvc.channels.base import Channel
 from warnsvc.channels.email import DIGEST_CHANNEL, EMAIL_CHANNEL
 from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
 from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
-from warnsvc.config import Settings, SourceSettings
+from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
+from warnsvc.errors import ConfigError
 from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.outbox import Outbox, RetryPolicy
 from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
+from warnsvc.reload import ConfigWatcher, ReloadPlan, plan_reload
 from warnsvc.sources.base import PageLoader, Source, SourceInfo
 from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
@@ -89,7 +91,7 @@ class Components:
 
     settings: Settings
     store: Store
-    sessions: list[aiohttp.ClientSession]
+    sessions: dict[str, aiohttp.ClientSession]
     sources: dict[str, Source]
     poller: Poller
     outbox: Outbox
@@ -98,40 +100,53 @@ class Components:
     webhooks: Webhooks | None = None
     email: EmailParts | None = None
 
-    async def close(self) -> None:
-        for session in self.sessions:
+    def add_source(self, settings: Settings, config: SourceSettings) -> None:
+        """Make (or remake) a polling source from its settings, with its own HTTP session."""
+        http = fetch_settings(settings, config)
+        session = make_session(http)
+        loader = PageLoader(Fetcher(session, http), self.store)
+        info = source_info(config, settings.scale_map())
+        self.sources[config.id] = get_kind(config.kind).build(config, info, loader)
+        self.sessions[config.id] = session
+
+    async def remove_source(self, source_id: str) -> None:
+        self.sources.pop(source_id, None)
+        session = self.sessions.pop(source_id, None)
+        if session is not None:
             await session.close()
+
+    async def close(self) -> None:
+        for source_id in list(self.sessions):
+            await self.remove_source(source_id)
+        if self.webhooks is not None:
+            await self.webhooks.session.close()
         if self.email is not None:
             await self.email.close()
         await self.store.close()
 
 
+def detection_policy(settings: Settings) -> DetectionPolicy:
+    return DetectionPolicy(
+        confirmations=settings.detection.confirmations,
+        announce_initial=settings.detection.announce_initial,
+    )
+
+
 async def build_components(
-    settings: Settings, *, only: str | None = None, store: Store | None = None
+    settings: Settings,
+    *,
+    only: str | None = None,
+    store: Store | None = None,
+    with_sources: bool = True,
 ) -> Components:
     """Open the store and make every enabled source (or only source ``only``)."""
     store = store or await Store.open(settings.storage.url)
     scales = settings.scale_map()
-    sessions: list[aiohttp.ClientSession] = []
     sources: dict[str, Source] = {}
-    for config in settings.sources:
-        if (only is None and not config.enabled) or (only is not None and config.id != only):
-            continue
-        http = fetch_settings(settings, config)
-        session = make_session(http)
-        sessions.append(session)
-        loader = PageLoader(Fetcher(session, http), store)
-        sources[config.id] = get_kind(config.kind).build(
-            config, source_info(config, scales), loader
-        )
-    policy = DetectionPolicy(
-        confirmations=settings.detection.confirmations,
-        announce_initial=settings.detection.announce_initial,
-    )
+    policy = detection_policy(settings)
     feeds = FeedChannel(store, scales, feed_settings(settings))
     channels: dict[str, Channel] = {FEEDS_CHANNEL: feeds}
     webhooks = await build_webhooks(settings, store, user_agent=user_agent(settings))
-    sessions.append(webhooks.session)
     channels[WEBHOOKS_CHANNEL] = webhooks.channel
     email = build_email(settings, store)
     if email is not None:
@@ -142,10 +157,11 @@ async def build_components(
     outbox = Outbox(store.engine)
     grace = settings.service.shutdown_timeout * 0.6  # then in-flight sends are released
     dispatcher = Dispatcher(outbox, channels, RetryPolicy(), grace=grace)
-    parts = Components(
-        settings, store, sessions, sources, poller, outbox, dispatcher, feeds, webhooks
-    )
+    parts = Components(settings, store, {}, sources, poller, outbox, dispatcher, feeds, webhooks)
     parts.email = email
+    for config in settings.sources if with_sources else []:
+        if (only is None and config.enabled) or config.id == only:
+            parts.add_source(settings, config)
     return parts
 
 
@@ -158,8 +174,13 @@ class Service:
         self.scheduler: AsyncIOScheduler | None = None
         self.runner: web.AppRunner | None = None
         self._dispatch_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.watcher: ConfigWatcher | None = None
         self.port: int | None = None
+        self.last_reload: dict[str, Any] = {"result": None, "at": None, "problems": []}
+        self._background: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         self.parts = await build_components(self.settings)
@@ -170,8 +191,116 @@ class Service:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         for source_id in self.parts.sources:
             self._schedule(source_id)
+        self.scheduler.add_job(
+            self.prune,
+            "interval",
+            id="retention",
+            hours=24,
+            next_run_time=_now(),
+            max_instances=1,
+            coalesce=True,
+        )
         self.scheduler.start()
         await self._start_web()
+        self._write_pid()
+        if self.settings.path is not None and self.settings.service.watch_config:
+            self.watcher = ConfigWatcher(self.settings.path, self.reload)
+            self._watch_task = asyncio.create_task(self.watcher.run(), name="config-watcher")
+
+    async def reload(self) -> bool:
+        """Re-read the config file; apply it if valid, else keep running on the old one."""
+        path = self.settings.path
+        if path is None or self.parts is None:
+            return False
+        async with self._reload_lock:
+            if self.watcher is not None:
+                self.watcher.accept()
+            try:
+                new = await asyncio.to_thread(load_config, path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error(
+                        "config reload refused: %s",
+                        problem,
+                        extra={"action": "config_reload_failed"},
+                    )
+                metrics.CONFIG_RELOADS.labels(result="failed").inc()
+                self.last_reload = {
+                    "result": "failed",
+                    "at": _iso(_now()),
+                    "problems": [str(p) for p in exc.problems],
+                }
+                return False
+            plan = plan_reload(self.settings, new)
+            await self._apply(new, plan)
+            metrics.CONFIG_RELOADS.labels(result="ok").inc()
+            self.last_reload = {"result": "ok", "at": _iso(_now()), "problems": []}
+            log.info("config reloaded: %s", plan.summary(), extra={"action": "config_reloaded"})
+            for key in plan.restart_needed:
+                log.warning(
+                    "%s changed: it takes effect at the next restart",
+                    key,
+                    extra={"action": "config_restart_needed"},
+                )
+            return True
+
+    async def _apply(self, new: Settings, plan: ReloadPlan) -> None:
+        """Switch to ``new``: reschedule sources that changed; the rest applies to the next
+        poll or delivery. Rows already queued stay as they are."""
+        parts = self.parts
+        assert parts is not None and self.scheduler is not None
+        for source_id in (*plan.removed, *plan.changed):
+            for job_id in (f"poll:{source_id}", f"confirm:{source_id}"):
+                if self.scheduler.get_job(job_id) is not None:
+                    self.scheduler.remove_job(job_id)
+            await parts.remove_source(source_id)
+            metrics.forget_source(source_id)
+        old = self.settings
+        self.settings = new.model_copy(
+            update={  # these only change at the next restart
+                "storage": old.storage,
+                "service": new.service.model_copy(update={"http": old.service.http}),
+                "feeds": new.feeds.model_copy(update={"dir": old.feeds.dir}),
+            }
+        )
+        parts.settings = self.settings
+        parts.poller.policy = detection_policy(self.settings)
+        parts.feeds.scales = self.settings.scale_map()
+        parts.feeds.settings = feed_settings(self.settings)
+        for channel in parts.dispatcher.channels.values():
+            reconfigure = getattr(channel, "reconfigure", None)
+            if reconfigure is not None:
+                await reconfigure(self.settings)
+        for source_id in (*plan.changed, *plan.added):
+            parts.add_source(self.settings, self.settings.source(source_id))
+            self._schedule(source_id)
+
+    async def prune(self) -> int:
+        """Delete delivered outbox rows older than the retention period."""
+        assert self.parts is not None
+        cutoff = _now() - timedelta(seconds=self.settings.storage.retention)
+        removed = await self.parts.outbox.prune(before=cutoff)
+        if removed:
+            log.info(
+                "pruned %d delivered outbox rows older than %s",
+                removed,
+                _iso(cutoff),
+                extra={"action": "outbox_pruned"},
+            )
+        return removed
+
+    def _write_pid(self) -> None:
+        pid_file = self.settings.service.pid_file
+        if pid_file is not None:
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(f"{os.getpid()}\n", encoding="ascii")
+
+    def _remove_pid(self) -> None:
+        pid_file = self.settings.service.pid_file
+        if pid_file is not None and pid_file.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                if int(pid_file.read_text(encoding="ascii").strip()) == os.getpid():
+                    pid_file.unlink()
 
     def _schedule(self, source_id: str) -> None:
         assert self.scheduler is not None
@@ -192,6 +321,8 @@ class Service:
     async def poll_job(self, source_id: str) -> PollReport:
         """One scheduled poll: record it, wake the dispatcher, schedule a confirmation."""
         assert self.parts is not None
+        if source_id not in self.parts.sources:  # removed by a reload while queued
+            return PollReport(source_id=source_id, ok=False, error="source removed")
         try:
             report = await self.parts.poller.poll(source_id)
         except Exception:
@@ -229,6 +360,7 @@ class Service:
             feeds_dir=self.settings.feeds.dir,
             readiness=self.readiness,
             title=self.settings.feeds.title,
+            metrics=self.metrics,
         )
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
@@ -254,19 +386,60 @@ class Service:
         parts = self.parts
         checks["store"] = bool(parts and await parts.store.ping())
         checks["scheduler"] = bool(self.scheduler and self.scheduler.running)
+        checks["config"] = {
+            "path": str(self.settings.path) if self.settings.path else None,
+            "loaded": True,
+            "last_reload": self.last_reload["result"],
+            "last_reload_at": self.last_reload["at"],
+            "last_reload_error": self.last_reload["problems"],
+        }
         failing: dict[str, str | None] = {}
+        tolerated: dict[str, str | None] = {}
         if parts is not None and checks["store"]:
             threshold = self.settings.detection.failure_threshold
             for health in await parts.store.all_source_health():
                 if health.source_id in parts.sources and health.consecutive_failures >= threshold:
-                    failing[health.source_id] = health.last_error
+                    critical = self.settings.source(health.source_id).critical
+                    (failing if critical else tolerated)[health.source_id] = health.last_error
         checks["sources_failing"] = failing
+        checks["sources_failing_tolerated"] = tolerated
+        checks["next_polls"] = self._next_polls()
         ready = checks["store"] and checks["scheduler"] and not failing
         return ready, checks
+
+    def _next_polls(self) -> dict[str, str]:
+        if self.scheduler is None or not self.scheduler.running:
+            return {}
+        result: dict[str, str] = {}
+        for job in self.scheduler.get_jobs():
+            kind, _, source_id = job.id.partition(":")
+            when = job.next_run_time
+            if kind in ("poll", "confirm") and when is not None:
+                earlier = result.get(source_id)
+                if earlier is None or when.isoformat() < earlier:
+                    result[source_id] = when.astimezone(UTC).isoformat()
+        return result
+
+    async def metrics(self) -> bytes:
+        """The Prometheus exposition, with outbox gauges read from the store now."""
+        if self.parts is not None:
+            counts = await self.parts.outbox.counts()
+            oldest = await self.parts.outbox.oldest_pending()
+            pending: dict[str, int] = {}
+            for (channel, state), count in counts.items():
+                if state in ("pending", "in_flight"):
+                    pending[channel] = pending.get(channel, 0) + count
+            channels = sorted({*self.parts.dispatcher.channels, *(c for c, _ in counts)})
+            metrics.set_outbox(pending, oldest, now=_now(), channels=channels)
+        return metrics.render()
 
     async def stop(self) -> None:
         """Stop polling, let in-flight work finish within the timeout, close everything."""
         timeout = self.settings.service.shutdown_timeout
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.parts is not None:
@@ -284,6 +457,7 @@ class Service:
             await self.runner.cleanup()
         if self.parts is not None:
             await self.parts.close()
+        self._remove_pid()
         log.info("stopped", extra={"action": "service_stopped"})
 
     def request_stop(self) -> None:
@@ -307,13 +481,20 @@ class Service:
             )
             self._stop.set()
 
+        def on_hangup() -> None:
+            log.info("received SIGHUP, reloading the config", extra={"action": "reload_requested"})
+            task = loop.create_task(self.reload(), name="reload")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
         for signum in signals:
             loop.add_signal_handler(signum, on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             await self.start()
             await self._stop.wait()
         finally:
-            for signum in signals:
+            for signum in (*signals, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
             await self.stop()
@@ -321,3 +502,7 @@ class Service:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

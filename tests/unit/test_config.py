@@ -166,8 +166,8 @@ sources:
 """
     assert problems(text) == [
         f"{FILE}:5: sources[0].intervall: unknown key 'intervall'; allowed keys: authoritative, "
-        "enabled, fetch, follow_pages, id, interval, jitter, kind, name, namespace, page_delay, "
-        "scale, url; did you mean 'interval'?"
+        "critical, enabled, fetch, follow_pages, id, interval, jitter, kind, name, namespace, "
+        "page_delay, scale, url; did you mean 'interval'?"
     ]
 
 

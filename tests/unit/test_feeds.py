@@ -157,9 +157,17 @@ def test_entry_title_reads_at_a_glance(event: dict[str, Any], expected: str) -> 
 
 
 def test_entry_title_ignores_unknown_keys_and_survives_missing_ones() -> None:
-    manual = payload("e1") | {"manual": True, "corrects": "e0", "reason": "typo"}
-    assert entry_title(manual) == (
+    extended = payload("e1") | {"corrects": "e0", "reason": "typo"}
+    assert entry_title(extended) == (
         "Nagorno-Karabakh (Armenia/Azerbaijan): Serious Concern -> Imminent Risk"
+    )
+    manual = payload("e1") | {"manual": True, "note": "Field reports."}
+    assert entry_title(manual) == (
+        "[manual] Nagorno-Karabakh (Armenia/Azerbaijan): Serious Concern -> Imminent Risk"
+    )
+    retraction = payload("e2") | {"type": "event.retracted", "manual": True, "retracts": "e1"}
+    assert entry_title(retraction) == (
+        "[manual] Nagorno-Karabakh (Armenia/Azerbaijan): correction: event e1 is retracted"
     )
     assert entry_title({}) == "Unknown situation: event"
     assert entry_title({"type": "risk.escalated", "situation": None, "level": "x"}) == (
@@ -513,7 +521,7 @@ def test_situation_ids_that_are_not_file_names_get_no_feed(tmp_path: Path, bad_i
 
 def test_json_feed_is_valid_and_carries_the_payload(tmp_path: Path) -> None:
     event = payload("e1")
-    event["manual"] = True
+    event["unexpected"] = True  # kept in the payload, ignored by the feed
 
     build_feeds([event], SCALES, settings(tmp_path))
 

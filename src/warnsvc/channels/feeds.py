@@ -162,6 +162,8 @@ def _title_detail(payload: Mapping[str, Any]) -> str:
         return _delisted_text(payload, level, previous)
     if kind == EventType.UPDATED:
         return f"analysis updated ({level})" if level else "analysis updated"
+    if kind == EventType.RETRACTED:
+        return f"correction: event {_clean_line(_text(payload.get('retracts')))} is retracted"
     if kind == EventType.WEBHOOK_TEST:
         return "test event"
     return _clean_line(kind) or "event"
@@ -169,8 +171,10 @@ def _title_detail(payload: Mapping[str, Any]) -> str:
 
 def entry_title(payload: Mapping[str, Any]) -> str:
     """A one-line title for an event, e.g. ``"Nagorno-Karabakh (Armenia/Azerbaijan): Serious
-    Concern -> Imminent Risk"``. Unknown keys are ignored; missing ones never raise."""
-    return f"{_situation_name(payload)}: {_title_detail(payload)}"
+    Concern -> Imminent Risk"``. Unknown keys are ignored; missing ones never raise. An
+    operator's announcement is marked ``[manual]``."""
+    title = f"{_situation_name(payload)}: {_title_detail(payload)}"
+    return f"[manual] {title}" if payload.get("manual") is True else title
 
 
 # --------------------------------------------------------------------------- entries

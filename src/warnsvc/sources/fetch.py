@@ -39,6 +39,7 @@ from tenacity import (
 from yarl import URL
 
 from warnsvc.errors import PageGoneError, SourceUnavailableError, TransientFetchError
+from warnsvc.metrics import FETCH_SECONDS
 
 __all__ = ["FetchResult", "FetchSettings", "Fetcher", "make_session"]
 
@@ -223,6 +224,8 @@ class Fetcher:
             raise TransientFetchError(
                 f"timed out after {self._settings.timeout:g}s fetching {url}"
             ) from exc
+        finally:
+            FETCH_SECONDS.observe(time.monotonic() - started)
 
     def _check_status(self, url: str, response: aiohttp.ClientResponse) -> None:
         status = response.status

@@ -148,6 +148,50 @@ class Store:
             rows = (await conn.execute(select(table).order_by(table.c.id))).mappings().all()
         return [_state_from_row(row) for row in rows]
 
+    async def situation(self, situation: str) -> tuple[SituationState, str] | None:
+        """One situation's state and the id of its scale, or None."""
+        table = schema.situations
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(table).where(table.c.id == situation))).mappings()
+            found = row.first()
+        return (_state_from_row(found), found["scale"]) if found else None
+
+    async def event_payload(self, event_id: str) -> dict[str, Any] | None:
+        table = schema.events
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(select(table.c.payload).where(table.c.id == event_id))
+            ).scalar_one_or_none()
+        return dict(value) if value is not None else None
+
+    async def apply_manual(
+        self,
+        *,
+        state: SituationState,
+        scale: str,
+        event: Event,
+        recipients: Recipients,
+        now: datetime,
+    ) -> None:
+        """Write an operator's event with the state it sets, in ONE transaction."""
+        try:
+            async with self.engine.begin() as conn:
+                await _upsert_state(conn, state, scale=scale, now=now)
+                await insert_event(conn, event, recipients, now=now)
+                await conn.execute(
+                    schema.level_history.insert().values(
+                        situation_id=state.situation,
+                        source_id="manual",
+                        level=state.level,
+                        status=state.status.value,
+                        page_date=state.date,
+                        event_id=event.id,
+                        recorded_at=now,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot record the manual event: {exc}") from exc
+
     async def level_history(self, situation: str) -> list[dict[str, Any]]:
         table = schema.level_history
         query = select(table).where(table.c.situation_id == situation).order_by(table.c.id)

@@ -6,6 +6,7 @@ Routes::
     GET /feeds/{path}           the files under the feeds directory, with ETag/Last-Modified
     GET /healthz                the process answers: {"status": "ok"}
     GET /readyz                 store reachable, scheduler running, sources healthy: 200 or 503
+    GET /metrics                Prometheus text format
 
 Every error answer is JSON: ``{"error": {"status": 404, "message": "..."}}``.
 """
@@ -21,14 +22,17 @@ from typing import Any
 from aiohttp import web
 
 from warnsvc import __version__
+from warnsvc.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+Metrics = Callable[[], Awaitable[bytes]]
 
 FEEDS_DIR = web.AppKey("feeds_dir", Path)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 TITLE = web.AppKey("title", str)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 
 _CONTENT_TYPES = {
     ".atom": "application/atom+xml; charset=utf-8",
@@ -63,6 +67,13 @@ async def readyz(request: web.Request) -> web.Response:
     ready, checks = await request.app[READINESS]()
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return web.json_response(body, status=200 if ready else 503)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    body = await request.app[METRICS]()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
 
 
 async def feed_file(request: web.Request) -> web.StreamResponse:
@@ -101,7 +112,13 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html")
 
 
-def make_app(*, feeds_dir: Path, readiness: Readiness, title: str = "warnsvc") -> web.Application:
+def make_app(
+    *,
+    feeds_dir: Path,
+    readiness: Readiness,
+    title: str = "warnsvc",
+    metrics: Metrics | None = None,
+) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
     app[FEEDS_DIR] = feeds_dir
     app[READINESS] = readiness
@@ -109,5 +126,8 @@ def make_app(*, feeds_dir: Path, readiness: Readiness, title: str = "warnsvc") -
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.router.add_get("/metrics", serve_metrics)
     app.router.add_get("/feeds/{path:.+}", feed_file)
     return app

@@ -1,0 +1,253 @@
+"""What ``warnsvc status`` and ``warnsvc events`` show: read from the store (and the running
+service's ``/readyz`` when it answers), rendered as terminal tables or JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from warnsvc.config import Settings
+from warnsvc.outbox import Outbox
+from warnsvc.store import schema
+from warnsvc.store.db import Store
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStatus:
+    id: str
+    kind: str
+    enabled: bool
+    health: str  # healthy, failing, unknown (never polled), disabled
+    consecutive_failures: int
+    last_poll: datetime | None
+    next_poll: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SituationStatus:
+    id: str
+    name: str
+    level: str | None
+    status: str
+    last_change: datetime | None
+    pending: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    service: dict[str, Any]
+    sources: list[SourceStatus]
+    situations: list[SituationStatus]
+    outbox: dict[str, dict[str, int]]
+    oldest_pending: dict[str, datetime] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = _jsonable(asdict(self))
+        return value
+
+
+async def gather(settings: Settings, store: Store, service: dict[str, Any]) -> Status:
+    """Collect the status of every configured source, known situation and outbox channel."""
+    health = {h.source_id: h for h in await store.all_source_health()}
+    next_polls: dict[str, str] = service.get("checks", {}).get("next_polls", {})
+    sources = []
+    for config in settings.sources:
+        h = health.get(config.id)
+        state = (
+            "disabled"
+            if not config.enabled
+            else ("unknown" if h is None else ("healthy" if h.healthy else "failing"))
+        )
+        estimated = (
+            h.last_poll_at + timedelta(seconds=config.interval)
+            if h and h.last_poll_at and config.enabled
+            else None
+        )
+        live = next_polls.get(config.id)
+        sources.append(
+            SourceStatus(
+                id=config.id,
+                kind=config.kind,
+                enabled=config.enabled,
+                health=state,
+                consecutive_failures=h.consecutive_failures if h else 0,
+                last_poll=h.last_poll_at if h else None,
+                next_poll=datetime.fromisoformat(live) if live else estimated,
+                last_error=h.last_error if h else None,
+            )
+        )
+    return Status(
+        service=service,
+        sources=sources,
+        situations=await _situations(store),
+        outbox=await _outbox(store),
+        oldest_pending=await Outbox(store.engine).oldest_pending(),
+    )
+
+
+async def _situations(store: Store) -> list[SituationStatus]:
+    history = schema.level_history
+    changes = (
+        select(history.c.situation_id, func.max(history.c.recorded_at))
+        .where(history.c.event_id.is_not(None))
+        .group_by(history.c.situation_id)
+    )
+    async with store.engine.connect() as conn:
+        last = {sid: when for sid, when in (await conn.execute(changes)).all()}
+    rows = []
+    for state in await store.all_situations():
+        pending = None
+        if state.pending_status is not None:
+            pending = (
+                f"{state.pending_level or state.pending_status.value} (seen {state.pending_count}x)"
+            )
+        when = last.get(state.situation)
+        rows.append(
+            SituationStatus(
+                id=state.situation,
+                name=state.name,
+                level=state.level,
+                status=state.status.value,
+                last_change=when,
+                pending=pending,
+            )
+        )
+    return rows
+
+
+async def _outbox(store: Store) -> dict[str, dict[str, int]]:
+    table = schema.outbox
+    query = select(table.c.channel, table.c.status, func.count()).group_by(
+        table.c.channel, table.c.status
+    )
+    result: dict[str, dict[str, int]] = {}
+    async with store.engine.connect() as conn:
+        for channel, status, count in (await conn.execute(query)).all():
+            result.setdefault(channel, {})[status] = int(count)
+    return result
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def render_status(status: Status, *, now: datetime) -> str:
+    lines = [_service_line(status.service), "", "SOURCES"]
+    lines += _table(
+        ["source", "kind", "health", "last poll", "next poll", "last error"],
+        [
+            [
+                s.id,
+                s.kind,
+                s.health + (f" ({s.consecutive_failures}x)" if s.consecutive_failures else ""),
+                _ago(s.last_poll, now),
+                _ago(s.next_poll, now),
+                (s.last_error or "")[:70],
+            ]
+            for s in status.sources
+        ],
+    )
+    lines += ["", "SITUATIONS"]
+    lines += (
+        _table(
+            ["situation", "level", "status", "last change", "awaiting confirmation"],
+            [
+                [s.id, s.level or "-", s.status, _ago(s.last_change, now), s.pending or ""]
+                for s in status.situations
+            ],
+        )
+        if status.situations
+        else ["  (none yet: no successful poll)"]
+    )
+    lines += ["", "OUTBOX"]
+    states = ["pending", "in_flight", "delivered", "dead"]
+    lines += (
+        _table(
+            ["channel", *states, "oldest pending"],
+            [
+                [
+                    channel,
+                    *(str(counts.get(s, 0)) for s in states),
+                    _ago(status.oldest_pending.get(channel), now),
+                ]
+                for channel, counts in sorted(status.outbox.items())
+            ],
+        )
+        if status.outbox
+        else ["  (empty)"]
+    )
+    return "\n".join(lines)
+
+
+def render_events(events: Sequence[dict[str, Any]]) -> str:
+    if not events:
+        return "no events yet"
+    rows = []
+    for e in events:
+        before = (e.get("previous_level") or {}).get("name", "-")
+        after = (e.get("level") or {}).get("name") or e.get("status", "-")
+        rows.append(
+            [
+                e.get("detected_at", ""),
+                e.get("type", ""),
+                e["situation"]["id"],
+                f"{before} -> {after}",
+                e.get("id", ""),
+            ]
+        )
+    return "\n".join(_table(["detected", "type", "situation", "change", "event"], rows))
+
+
+def _service_line(service: dict[str, Any]) -> str:
+    if not service.get("reachable"):
+        return f"service: not answering at {service.get('url')} (not running?)"
+    checks = service.get("checks", {})
+    text = f"service: {service.get('status')} at {service.get('url')}"
+    config = checks.get("config", {})
+    if config.get("last_reload_error"):
+        text += f"\n  last reload FAILED ({config.get('last_reload_at')}); still on the old config:"
+        text += "".join(f"\n    {p}" for p in config["last_reload_error"])
+    return text
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    seconds = (now - moment).total_seconds()
+    span = abs(seconds)
+    text = (
+        f"{span:.0f}s"
+        if span < 90
+        else f"{span / 60:.0f}m"
+        if span < 5400
+        else f"{span / 3600:.1f}h"
+        if span < 172800
+        else f"{span / 86400:.0f}d"
+    )
+    return f"{text} ago" if seconds >= 0 else f"in {text}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
