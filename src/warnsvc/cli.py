@@ -309,6 +309,7 @@ async def _poll_once(settings: Settings, args: argparse.Namespace) -> int:
                 rounds -= 1
             failed = failed or not report.ok
         if not args.dry_run:
+            await parts.forward_notices()
             await parts.dispatcher.drain()
     finally:
         await parts.close()

@@ -68,6 +68,8 @@ __all__ = [
     "HttpSettings",
     "JsonSourceSettings",
     "LevelSettings",
+    "OperatorWebhookSettings",
+    "OperatorsSettings",
     "PageSourceSettings",
     "ScaleSettings",
     "ServiceSettings",
@@ -881,6 +883,23 @@ class WebhooksSettings(_Section):
         return self
 
 
+class OperatorWebhookSettings(_Section):
+    """Where operators' notices are POSTed (JSON, signed like partner webhooks when a secret is
+    set). Operators' own URLs: trusted, so not subject to the partners' SSRF guard."""
+
+    url: HttpUrl
+    secret: Annotated[str | None, AfterValidator(lambda v: v and _webhook_secret(v))] = None
+
+
+class OperatorsSettings(_Section):
+    """Who hears about trouble: a source failing or recovering, a level word outside the scale,
+    a webhook endpoint disabled, an address suppressed, dead letters piling up."""
+
+    emails: list[Annotated[str, AfterValidator(_email_address)]] = []
+    webhooks: list[OperatorWebhookSettings] = []
+    dead_letters: Int = Field(default=10, ge=1)
+
+
 class Settings(_Section):
     """The whole configuration. ``path`` is the file it came from (set by :func:`load_config`)."""
 
@@ -893,8 +912,11 @@ class Settings(_Section):
     feeds: FeedsSettings = Field(default_factory=FeedsSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     email: EmailSettings | None = None
+    operators: OperatorsSettings = Field(default_factory=OperatorsSettings)
 
-    @field_validator("service", "storage", "detection", "feeds", "webhooks", mode="before")
+    @field_validator(
+        "service", "storage", "detection", "feeds", "webhooks", "operators", mode="before"
+    )
     @classmethod
     def _empty_section(cls, value: object) -> object:
         return {} if value is None else value
@@ -903,6 +925,13 @@ class Settings(_Section):
     @classmethod
     def _empty_list(cls, value: object) -> object:
         return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _check_operator_mail(self) -> Settings:
+        if self.operators.emails and (self.email is None or not self.email.enabled):
+            message = "operators.emails are sent through the email section's SMTP server; add it"
+            raise PydanticCustomError("field_error", message, {"field": "operators"})
+        return self
 
     @model_validator(mode="after")
     def _check_across(self, info: ValidationInfo) -> Settings:

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,7 +30,7 @@ from warnsvc.errors import SourceError, StoreError
 from warnsvc.model import Event, Observation, SituationState
 from warnsvc.outbox import Delivery, Outbox, RetryPolicy
 from warnsvc.sources.base import Source
-from warnsvc.store.db import HistoryEntry, Recipients, Store
+from warnsvc.store.db import HistoryEntry, Recipients, SourceHealth, Store
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,28 @@ class Routing:
         return {name: list(await ch.recipients(conn, event)) for name, ch in self.channels.items()}
 
 
+class SourceAlertsLike(Protocol):
+    """What the poller tells about each poll (see :class:`warnsvc.operators.SourceAlerts`)."""
+
+    async def failed(
+        self,
+        before: SourceHealth | None,
+        after: SourceHealth,
+        error: SourceError,
+        *,
+        now: datetime,
+    ) -> None: ...
+
+    async def succeeded(
+        self,
+        before: SourceHealth | None,
+        source_id: str,
+        warnings: Sequence[str],
+        *,
+        now: datetime,
+    ) -> None: ...
+
+
 class Poller:
     """Poll sources one at a time each (a lock per source), and record what they say."""
 
@@ -78,6 +101,8 @@ class Poller:
         self.sources = sources
         self.policy = policy
         self.recipients = recipients
+        self.alerts: SourceAlertsLike | None = None
+        """Told of each poll's outcome, to notify operators once per change of health."""
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def poll(self, source_id: str, *, dry_run: bool = False) -> PollReport:
@@ -94,6 +119,7 @@ class Poller:
     async def _poll(self, source: Source, *, dry_run: bool) -> PollReport:
         sid = source.info.id
         report = PollReport(source_id=sid, ok=False, dry_run=dry_run)
+        before = await self.store.source_health(sid)
         try:
             report.observations = await source.poll()
         except SourceError as exc:
@@ -102,10 +128,14 @@ class Poller:
                 "source %s failed: %s", sid, exc, extra={"action": "source_failed", "source": sid}
             )
             if not dry_run:
-                await self.store.record_failure(sid, report.error, now=_now())
+                after = await self.store.record_failure(sid, report.error, now=_now())
+                if self.alerts is not None:
+                    await self.alerts.failed(before, after, exc, now=_now())
             return report
         now = _now()
-        detection = await self._detect(source, report.observations, dry_run=dry_run, now=now)
+        detection = await self._detect(
+            source, report.observations, before, dry_run=dry_run, now=now
+        )
         report.ok = True
         report.baseline = detection.baseline
         report.pending = detection.pending
@@ -123,14 +153,21 @@ class Poller:
         ]
         if not dry_run:
             await self._record(source, detection, report, now=now)
+            if self.alerts is not None:
+                await self.alerts.succeeded(before, sid, report.skipped, now=now)
         return report
 
     async def _detect(
-        self, source: Source, observations: list[Observation], *, dry_run: bool, now: datetime
+        self,
+        source: Source,
+        observations: list[Observation],
+        health: SourceHealth | None,
+        *,
+        dry_run: bool,
+        now: datetime,
     ) -> Detection:
         info = source.info
         previous: dict[str, SituationState] = await self.store.situation_states(info.namespace)
-        health = await self.store.source_health(info.id)
         baseline = health is None or not health.baseline_done
         policy = self.policy
         if dry_run:  # show what confirmation would emit; nothing is written either way

@@ -33,6 +33,7 @@ from warnsvc.detect import DetectionPolicy
 from warnsvc.errors import ConfigError
 from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
+from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
 from warnsvc.outbox import Outbox, RetryPolicy
 from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
 from warnsvc.reload import ConfigWatcher, ReloadPlan, plan_reload
@@ -99,6 +100,17 @@ class Components:
     feeds: FeedChannel
     webhooks: Webhooks | None = None
     email: EmailParts | None = None
+    operators: OperatorChannel | None = None
+    notices: NoticeForwarder | None = None
+
+    async def forward_notices(self) -> int:
+        """Queue new operator notices; wake the dispatcher when there were any."""
+        if self.notices is None:
+            return 0
+        queued = await self.notices.forward(now=datetime.now(UTC))
+        if queued:
+            self.dispatcher.wake()
+        return queued
 
     def add_source(self, settings: Settings, config: SourceSettings) -> None:
         """Make (or remake) a polling source from its settings, with its own HTTP session."""
@@ -122,6 +134,8 @@ class Components:
             await self.webhooks.session.close()
         if self.email is not None:
             await self.email.close()
+        if self.operators is not None:
+            await self.operators.close()
         await self.store.close()
 
 
@@ -153,12 +167,18 @@ async def build_components(
         await email.prepare()
         channels[EMAIL_CHANNEL] = email.channel
         channels[DIGEST_CHANNEL] = email.digests
-    poller = Poller(store, sources, policy, Routing(channels))
+    operators = OperatorChannel(settings)
+    routed = dict(channels)  # operators' notices are queued by the forwarder, never routed
+    channels[OPERATORS_CHANNEL] = operators
+    poller = Poller(store, sources, policy, Routing(routed))
+    poller.alerts = SourceAlerts(store.engine, threshold=settings.detection.failure_threshold)
     outbox = Outbox(store.engine)
     grace = settings.service.shutdown_timeout * 0.6  # then in-flight sends are released
     dispatcher = Dispatcher(outbox, channels, RetryPolicy(), grace=grace)
     parts = Components(settings, store, {}, sources, poller, outbox, dispatcher, feeds, webhooks)
     parts.email = email
+    parts.operators = operators
+    parts.notices = NoticeForwarder(store.engine, settings)
     for config in settings.sources if with_sources else []:
         if (only is None and config.enabled) or config.id == only:
             parts.add_source(settings, config)
@@ -181,6 +201,7 @@ class Service:
         self.port: int | None = None
         self.last_reload: dict[str, Any] = {"result": None, "at": None, "problems": []}
         self._background: set[asyncio.Task[bool]] = set()
+        self._dead_letters_checked = 0.0
 
     async def start(self) -> None:
         self.parts = await build_components(self.settings)
@@ -197,6 +218,14 @@ class Service:
             id="retention",
             hours=24,
             next_run_time=_now(),
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.operator_checks,
+            "interval",
+            id="operator-notices",
+            seconds=5,
             max_instances=1,
             coalesce=True,
         )
@@ -267,6 +296,8 @@ class Service:
         parts.poller.policy = detection_policy(self.settings)
         parts.feeds.scales = self.settings.scale_map()
         parts.feeds.settings = feed_settings(self.settings)
+        if parts.notices is not None:
+            parts.notices.settings = self.settings
         for channel in parts.dispatcher.channels.values():
             reconfigure = getattr(channel, "reconfigure", None)
             if reconfigure is not None:
@@ -274,6 +305,17 @@ class Service:
         for source_id in (*plan.changed, *plan.added):
             parts.add_source(self.settings, self.settings.source(source_id))
             self._schedule(source_id)
+
+    async def operator_checks(self) -> None:
+        """Queue new operator notices (every few seconds); look at dead letters (every 5 min)."""
+        parts = self.parts
+        if parts is None or parts.notices is None:
+            return
+        now = _now()
+        if now.timestamp() - self._dead_letters_checked >= 300:
+            self._dead_letters_checked = now.timestamp()
+            await parts.notices.check_dead_letters(now=now)
+        await parts.forward_notices()
 
     async def prune(self) -> int:
         """Delete delivered outbox rows older than the retention period."""

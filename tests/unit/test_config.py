@@ -151,8 +151,8 @@ emial:
   to: ops@example.org
 """
     assert problems(text) == [
-        f"{FILE}:3: emial: unknown key 'emial'; allowed keys: detection, email, feeds, scales, "
-        "service, sources, storage, webhooks; did you mean 'email'?"
+        f"{FILE}:3: emial: unknown key 'emial'; allowed keys: detection, email, feeds, "
+        "operators, scales, service, sources, storage, webhooks; did you mean 'email'?"
     ]
 
 
@@ -383,7 +383,7 @@ sources:
         ),
         ("feeds: []\n", "1: feeds: expected a mapping, found a list"),
         ("sources: {id: a}\n", "1: sources: expected a list, found a mapping"),
-        ("- a\n", "1: expected a mapping of sections (detection, email, feeds, scales, service,"),
+        ("- a\n", "1: expected a mapping of sections (detection, email, feeds, operators, scales,"),
         ("storage: {url: 'sqlite:///x.db'}\n", "1: storage.url: needs an async driver"),
         ("service: {base_url: 'https://x.org/?a=1'}\n", "1: service.base_url: must not have a"),
         ("path: x.yaml\n", "1: path: unknown key 'path'; allowed keys: detection, email, feeds,"),

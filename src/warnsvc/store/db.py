@@ -29,6 +29,8 @@ from warnsvc.store import schema
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+OPERATOR_NOTICE = "operator.notice"
+"""The type of the events rows that carry operators' notices (see warnsvc.operators)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -317,9 +319,14 @@ class Store:
     async def recent_events(
         self, *, limit: int = 100, situation: str | None = None
     ) -> list[dict[str, Any]]:
-        """Event payloads, newest first."""
+        """Event payloads, newest first (operators' notices are not events of a situation)."""
         table = schema.events
-        query = select(table.c.payload).order_by(table.c.seq.desc()).limit(limit)
+        query = (
+            select(table.c.payload)
+            .where(table.c.type != OPERATOR_NOTICE)
+            .order_by(table.c.seq.desc())
+            .limit(limit)
+        )
         if situation is not None:
             query = query.where(table.c.situation_id == situation)
         async with self.engine.connect() as conn:
@@ -328,7 +335,13 @@ class Store:
     async def count_events(self) -> int:
         async with self.engine.connect() as conn:
             return int(
-                (await conn.execute(select(func.count()).select_from(schema.events))).scalar_one()
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(schema.events)
+                        .where(schema.events.c.type != OPERATOR_NOTICE)
+                    )
+                ).scalar_one()
             )
 
 

@@ -234,6 +234,7 @@ operator_notices = Table(
     Column("detail", JSON, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("acknowledged_at", UTCDateTime),
+    Column("forwarded_at", UTCDateTime),  # migration 0005_operator_alerts
     Index(None, "acknowledged_at", "id"),
 )
 
