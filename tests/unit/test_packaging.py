@@ -76,3 +76,29 @@ def test_readme_commands_and_ci_agree() -> None:
     assert "make run" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^make test$", ci, re.MULTILINE)
+
+
+def test_every_data_file_of_the_package_is_shipped() -> None:
+    """The image installs a wheel: a template, schema or migration left out of package-data
+    would work from the checkout and fail in Docker."""
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = config["tool"]["setuptools"]["package-data"]["warnsvc"]
+    package = ROOT / "src" / "warnsvc"
+    data = [
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    ]
+    shipped = {  # setuptools globs: '*' does not cross '/'
+        p.relative_to(package).as_posix() for pat in patterns for p in package.glob(pat)
+    }
+    missing = [f for f in data if f not in shipped]
+    assert data and missing == []
+    migrations = sorted((package / "store" / "migrations" / "versions").glob("0*.py"))
+    assert migrations and all(
+        fnmatch.fnmatch(m.relative_to(package).as_posix(), "store/migrations/versions/*.py")
+        for m in migrations
+    )
