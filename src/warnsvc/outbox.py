@@ -19,13 +19,13 @@ belong to the channel (tenacity); this module handles the persisted schedule.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.store import schema
 
@@ -34,10 +34,17 @@ IN_FLIGHT = "in_flight"
 DELIVERED = "delivered"
 DEAD = "dead"
 
+_CHUNK = 900
+"""Values bound in one ``IN (...)``: under SQLite's old limit of 999 parameters."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Delivery:
-    """One outbox row, as claimed by a dispatcher."""
+    """One outbox row, as claimed by a dispatcher.
+
+    ``payload`` is the event's, decoded once per claim and shared by every row of that event
+    in the batch: read it, never change it.
+    """
 
     id: int
     event_id: str
@@ -130,64 +137,43 @@ class Outbox:
                 and_(table.c.status == IN_FLIGHT, table.c.lease_until < now),
             ),
         )
+        candidates = (
+            select(table.c.id)
+            .where(due)
+            .order_by(table.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+        )
         async with self.engine.begin() as conn:
-            candidates = (
-                (
-                    await conn.execute(
-                        select(table.c.id)
-                        .where(due)
-                        .order_by(table.c.id)
-                        .limit(limit)
-                        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
+            # One statement picks and leases the rows. The outer ``due`` is checked again on
+            # each row as it is updated, so only rows this UPDATE moved are ours: another
+            # dispatcher may have claimed some of the candidates first.
+            claimed = (
+                await conn.execute(
+                    update(table)
+                    .where(and_(table.c.id.in_(candidates), due))
+                    .values(
+                        status=IN_FLIGHT,
+                        lease_until=now + timedelta(seconds=lease or self.lease),
+                        updated_at=now,
                     )
+                    .returning(table.c.id, table.c.event_id, table.c.recipient, table.c.attempts)
                 )
-                .scalars()
-                .all()
-            )
-            if not candidates:
+            ).all()
+            if not claimed:
                 return []
-            # Only the rows this UPDATE moved are ours: another dispatcher may have claimed
-            # some between the SELECT and here, and its rows are in flight too.
-            ids = (
-                (
-                    await conn.execute(
-                        update(table)
-                        .where(and_(table.c.id.in_(candidates), due))
-                        .values(
-                            status=IN_FLIGHT,
-                            lease_until=now + timedelta(seconds=lease or self.lease),
-                            updated_at=now,
-                        )
-                        .returning(table.c.id)
-                    )
-                )
-                .scalars()
-                .all()
-            )
-            if not ids:
-                return []
-            rows = (
-                (
-                    await conn.execute(
-                        select(table, schema.events.c.payload)
-                        .join(schema.events, schema.events.c.id == table.c.event_id)
-                        .where(table.c.id.in_(ids))
-                        .order_by(table.c.id)
-                    )
-                )
-                .mappings()
-                .all()
-            )
+            payloads = await _payloads(conn, {row.event_id for row in claimed})
+        # Every row of one event shares its decoded payload: read it, never change it.
         return [
             Delivery(
-                id=r["id"],
-                event_id=r["event_id"],
-                channel=r["channel"],
-                recipient=r["recipient"],
-                attempts=r["attempts"],
-                payload=dict(r["payload"]),
+                id=row.id,
+                event_id=row.event_id,
+                channel=channel,
+                recipient=row.recipient,
+                attempts=row.attempts,
+                payload=payloads[row.event_id],
             )
-            for r in rows
+            for row in sorted(claimed, key=lambda row: int(row.id))
         ]
 
     async def complete(
@@ -283,3 +269,15 @@ class Outbox:
                 table.delete().where(table.c.status == DELIVERED, table.c.delivered_at < before)
             )
         return int(result.rowcount or 0)
+
+
+async def _payloads(conn: AsyncConnection, event_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The payload of each event, read and decoded once however many rows it has."""
+    events = schema.events
+    wanted = sorted(event_ids)
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        query = select(events.c.id, events.c.payload).where(events.c.id.in_(chunk))
+        found.update((row.id, dict(row.payload)) for row in await conn.execute(query))
+    return found

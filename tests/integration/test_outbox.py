@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select
 
 from warnsvc.model import GCR2P_SCALE, Event, EventType
@@ -165,6 +166,32 @@ async def test_claim_limit_and_order(store: Store, outbox: Outbox) -> None:
     ]
     assert ids(await outbox.claim("webhooks", now=T0, limit=3)) == [4]
     assert await outbox.claim("email", now=T0) == []
+
+
+async def test_claim_reads_each_payload_once_per_batch(store: Store, outbox: Outbox) -> None:
+    """One UPDATE ... RETURNING claims the rows; each event's payload is read and decoded once."""
+    many = [f"https://{n}.example/hook" for n in range(50)]
+    await enqueue(store, "evt_1", "evt_2", recipients={"webhooks": many})
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    sqlalchemy_event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        claimed = await outbox.claim("webhooks", now=T0, limit=80)
+    finally:
+        sqlalchemy_event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+
+    assert ids(claimed) == list(range(1, 81))  # in id order
+    assert [s.split(" ", 2)[:2] for s in statements] == [
+        ["UPDATE", "outbox"],
+        ["SELECT", "events.id,"],
+    ]
+    first = {d.event_id: d.payload for d in claimed}
+    assert first == {"evt_1": event("evt_1").payload(), "evt_2": event("evt_2").payload()}
+    assert all(d.payload is first[d.event_id] for d in claimed)  # shared, not copied per row
+    assert {r["status"] for r in (await rows(store)).values()} == {IN_FLIGHT, PENDING}
 
 
 async def test_concurrent_claims_never_share_a_row(store: Store, tmp_path: Path) -> None:
