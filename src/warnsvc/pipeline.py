@@ -416,8 +416,7 @@ class Dispatcher:
                 delivered.setdefault(outcome.status, []).append(outcome.delivery_id)
         for status, ids in delivered.items():
             await self.outbox.complete(ids, now=now, status=status)
-            for delivery_id in ids:
-                _count_delivered(by_id[delivery_id], now)
+            _count_delivered([by_id[i] for i in ids], now)
         answered = {o.delivery_id for o in outcomes}
         released = [o.delivery_id for o in outcomes if o.deferred and not o.ok]
         released += [d.id for d in claimed if d.id not in answered]
@@ -464,14 +463,29 @@ class Dispatcher:
         )
 
 
-def _count_delivered(delivery: Delivery, now: datetime) -> None:
-    metrics.DELIVERIES.labels(channel=delivery.channel, result="delivered").inc()
-    detected = delivery.payload.get("detected_at")
+def _count_delivered(deliveries: Sequence[Delivery], now: datetime) -> None:
+    """Count delivered rows and observe their latency (the event's age, read once per event)."""
+    if not deliveries:
+        return
+    channel = deliveries[0].channel
+    metrics.DELIVERIES.labels(channel=channel, result="delivered").inc(len(deliveries))
+    histogram = metrics.DELIVERY_LATENCY.labels(channel=channel)
+    latencies: dict[str, float | None] = {}
+    for delivery in deliveries:
+        if delivery.event_id not in latencies:
+            latencies[delivery.event_id] = _latency(delivery.payload, now)
+        latency = latencies[delivery.event_id]
+        if latency is not None:
+            histogram.observe(latency)
+
+
+def _latency(payload: Mapping[str, object], now: datetime) -> float | None:
+    detected = payload.get("detected_at")
     if isinstance(detected, str):
         with contextlib.suppress(ValueError):
             since = datetime.fromisoformat(detected.replace("Z", "+00:00"))
-            latency = max(0.0, (now - since).total_seconds())
-            metrics.DELIVERY_LATENCY.labels(channel=delivery.channel).observe(latency)
+            return max(0.0, (now - since).total_seconds())
+    return None
 
 
 def _now() -> datetime:
