@@ -344,3 +344,27 @@ async def test_next_due(store: Store, outbox: Outbox) -> None:
     await outbox.complete([1, 3, 4], now=T0)
     await outbox.fail(claimed[1], error="x", decision=RetryDecision(retry_at=None), now=T0)
     assert await outbox.next_due("webhooks") is None
+
+
+async def test_prune_deletes_only_delivered_rows_older_than_the_cutoff(
+    store: Store, outbox: Outbox
+) -> None:
+    await enqueue(store, "evt_1", "evt_2", recipients={"webhooks": [HOOK_A]})
+    await enqueue(store, "evt_3", recipients={"webhooks": [HOOK_A, HOOK_B]})
+    await outbox.claim("webhooks", now=T0)
+    await outbox.complete([1], now=T0)  # old and delivered: pruned
+    await outbox.complete([2], now=T0 + timedelta(days=40))  # delivered recently: kept
+    await outbox.fail(  # dead-lettered long ago: kept for redelivery
+        Delivery(
+            id=3, event_id="evt_3", channel="webhooks", recipient=HOOK_A, attempts=0, payload={}
+        ),
+        error="gone",
+        decision=RetryDecision(retry_at=None),
+        now=T0,
+    )
+    removed = await outbox.prune(before=T0 + timedelta(days=30))
+    assert removed == 1
+    left = await rows(store)
+    assert sorted(left) == [2, 3, 4]
+    assert (left[3]["status"], left[4]["status"]) == (DEAD, IN_FLIGHT)
+    assert await store.count_events() == 3  # events are history: never pruned
