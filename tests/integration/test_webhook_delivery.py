@@ -21,7 +21,7 @@ from warnsvc.model import EventType
 from warnsvc.service import Components, build_components
 from warnsvc.store import schema
 from warnsvc.store.db import insert_event
-from warnsvc.store.webhooks import Filters
+from warnsvc.store.webhooks import Filters, filters_of
 from warnsvc.web.api import event_schema
 
 
@@ -330,3 +330,73 @@ def test_the_payload_schema_accepts_every_event_type() -> None:
     for type_ in EventType:
         payload = json.loads(make_event(type_=type_).payload_json())
         jsonschema.validate(payload, event_schema())
+
+
+def senders() -> list[asyncio.Task[object]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "WebhookChannel._sender"
+    ]
+
+
+async def test_one_pool_of_senders_keeps_the_limits_across_parallel_batches(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    parts = await open_parts(tmp_path, concurrency=5, per_endpoint=2, batch=7, parallel_batches=3)
+    try:
+        secrets = {}
+        for n in range(3):
+            _, secrets[f"/p{n}"] = await add(parts, receiver.url(f"/p{n}"))
+        receiver.delay = 0.02
+        await emit(parts, *(make_event(f"evt_{i:04d}") for i in range(10)))
+        assert await parts.dispatcher.drain() == 10 + 30  # feeds rows and webhook rows
+        assert len(receiver.received) == 30
+        assert max(receiver.peak.values()) == 2
+        assert receiver.peak_total <= 5
+        for got in receiver.received:  # each signed with its own endpoint's secret
+            Webhook(secrets[got.path]).verify(got.body, got.headers)
+        assert {r["status"] for r in await rows(parts)} == {"delivered"}
+        assert senders() == []  # an idle channel holds no task
+    finally:
+        await parts.close()
+
+
+async def test_a_cancelled_batch_stops_its_sends_and_leaves_the_others_going(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    parts = await open_parts(tmp_path, concurrency=2, per_endpoint=1)
+    try:
+        assert parts.webhooks is not None
+        channel = parts.webhooks.channel
+        hang, _ = await add(parts, receiver.url("/hang"))
+        await add(parts, receiver.url("/ok"))
+        receiver.delays["/hang"] = 3600
+        await emit(parts, make_event("evt_1"), make_event("evt_2"))
+        claimed = await parts.dispatcher.outbox.claim("webhooks", now=datetime.now(UTC))
+        stuck = [d for d in claimed if d.recipient == hang.id]
+        other = [d for d in claimed if d.recipient != hang.id]
+        assert (len(stuck), len(other)) == (2, 2)
+
+        first = asyncio.create_task(channel.deliver(stuck))
+        for _ in range(100):
+            if receiver.paths():
+                break
+            await asyncio.sleep(0.01)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        outcomes = await asyncio.wait_for(channel.deliver(other), timeout=5)
+        assert [o.ok for o in outcomes] == [True, True]
+        await asyncio.sleep(0)
+        assert senders() == []
+        assert receiver.paths().count("/hang") == 1  # the second row of /hang never started
+    finally:
+        await parts.close()
+
+
+def test_stored_filters_are_parsed_once_per_distinct_text() -> None:
+    raw = '{"event_types": ["risk.escalated"], "situations": [], "min_level": null}'
+    assert filters_of(raw) is filters_of(raw)
+    assert filters_of(raw) == Filters(event_types=("risk.escalated",))
+    assert filters_of(None) == filters_of("{}") == Filters()

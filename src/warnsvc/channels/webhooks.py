@@ -3,9 +3,13 @@
 Each event gets one outbox row per matching endpoint, written with the event
 (:meth:`WebhookChannel.recipients`). :meth:`WebhookChannel.deliver` sends a claimed batch:
 
-- bounded overall concurrency, at most ``per_endpoint`` requests at once per endpoint, one
-  keep-alive connection pool, a timeout per attempt, no redirects, and the SSRF guard's
-  resolver (the address checked is the address connected to);
+- bounded overall concurrency (a pool of at most ``concurrency`` sender tasks, fed from one
+  queue shared by the batches in flight), at most ``per_endpoint`` requests at once per
+  endpoint, one keep-alive connection pool, a timeout per attempt, no redirects, and the SSRF
+  guard's resolver (the address checked is the address connected to);
+- the endpoints of a batch are read fresh from the store (only what sending needs), the body
+  is encoded once per event, and ``id.timestamp.body`` built once per event and second, so
+  each request costs one HMAC per secret;
 - headers ``webhook-id`` (the event id: receivers dedupe on it), ``webhook-timestamp`` and
   ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of id.timestamp.body>``; during a secret's
   grace period a second ``v1,`` signature made with the previous secret);
@@ -25,15 +29,15 @@ dispatcher releases them untouched.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
+import binascii
 import hmac
 import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -46,6 +50,7 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+from yarl import URL
 
 from warnsvc import __version__
 from warnsvc.channels.base import Outcome
@@ -53,7 +58,14 @@ from warnsvc.errors import PermanentDeliveryError, TransientDeliveryError
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import Delivery, RetryPolicy
 from warnsvc.security.ssrf import Guard, GuardedResolver, UnsafeAddressError, UnsafeUrlError
-from warnsvc.store.webhooks import OPERATORS, WEBHOOKS_CHANNEL, Endpoint, EndpointStore
+from warnsvc.store.webhooks import (
+    OPERATORS,
+    WEBHOOKS_CHANNEL,
+    Endpoint,
+    EndpointStore,
+    SendTarget,
+    filters_of,
+)
 
 __all__ = [
     "WEBHOOKS_CHANNEL",
@@ -71,9 +83,13 @@ _QUICK_WAIT_MAX = 1.0
 
 def sign_payload(msg_id: str, timestamp: int, body: bytes, keys: Sequence[bytes]) -> str:
     """The ``webhook-signature`` header: one ``v1,<base64>`` per key, space-separated."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return _signature(f"{msg_id}.{timestamp}.".encode() + body, keys)
+
+
+def _signature(signed: bytes, keys: Sequence[bytes]) -> str:
+    """``v1,<base64 HMAC-SHA256 of signed>`` per key (``signed`` is ``id.timestamp.body``)."""
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+        "v1," + binascii.b2a_base64(hmac.digest(key, signed, "sha256"), newline=False).decode()
         for key in keys
     )
 
@@ -153,8 +169,51 @@ def retry_after_seconds(value: str | None, *, now: datetime) -> float | None:
     return max(0.0, (moment - now).total_seconds())
 
 
+@dataclass(slots=True, eq=False, kw_only=True)
+class _Batch:
+    """One :meth:`WebhookChannel.deliver` call: its outcomes, and what its rows share."""
+
+    outcomes: list[Outcome | None]
+    left: int
+    done: asyncio.Future[None]
+    start_by: float
+    """Loop time after which no send of the batch may start (the claim's lease would end)."""
+    checked: dict[str, str | None] = field(default_factory=dict)
+    """The SSRF guard's objection per origin, or None: checked once per origin and batch."""
+    signed: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    """Per event: the timestamp and ``id.timestamp.body`` last signed, shared by endpoints."""
+    cancelled: bool = False
+
+    def settle(self, index: int, outcome: Outcome) -> None:
+        """Record a row's outcome (the first one counts) and wake the batch when all are in."""
+        if self.outcomes[index] is not None:
+            return
+        self.outcomes[index] = outcome
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class _Job:
+    """One row waiting for a sender."""
+
+    batch: _Batch
+    index: int
+    delivery: Delivery
+    target: SendTarget
+    url: URL
+    body: bytes
+
+
 class WebhookChannel:
-    """Deliver outbox rows of channel ``webhooks`` to partner endpoints."""
+    """Deliver outbox rows of channel ``webhooks`` to partner endpoints.
+
+    Rows are sent by a pool of at most ``concurrency`` sender tasks fed from one queue, shared
+    by every batch in flight; a sender that picks a row whose endpoint already has
+    ``per_endpoint`` requests open parks it until one of them ends. Senders exist only while
+    there is work, so an idle channel holds no task.
+    """
 
     name = WEBHOOKS_CHANNEL
 
@@ -179,9 +238,12 @@ class WebhookChannel:
         self.batch_size = settings.batch
         self.parallel_batches = settings.parallel_batches
         self.lease = settings.lease
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._per_endpoint: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
-        self._active: set[asyncio.Task[Outcome]] = set()
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        self._queue: deque[_Job] = deque()
+        self._parked: dict[str, deque[_Job]] = {}
+        self._open: dict[str, int] = {}  # endpoint id -> requests open
+        self._senders: dict[asyncio.Task[None], _Job | None] = {}  # sender -> its row
+        self._urls: dict[str, URL] = {}
         self._aborted = False
 
     # -- routing -----------------------------------------------------------------------------
@@ -189,47 +251,146 @@ class WebhookChannel:
     async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
         if event.type is EventType.WEBHOOK_TEST:  # sent only to the endpoint that asked
             return []
-        endpoints = await self.endpoints.routable(conn)
-        return [e.id for e in endpoints if e.filters.matches(event, self.ranks)]
+        passes: dict[str | None, bool] = {}  # endpoints with the same filters: one verdict
+        recipients = []
+        for endpoint_id, raw in await self.endpoints.routes(conn):
+            verdict = passes.get(raw)
+            if verdict is None:
+                verdict = passes[raw] = filters_of(raw).matches(event, self.ranks)
+            if verdict:
+                recipients.append(endpoint_id)
+        return recipients
 
     # -- delivery ----------------------------------------------------------------------------
 
     def abort(self) -> None:
         """Shutdown: cancel sends in flight and start no more; their rows come back deferred."""
         self._aborted = True
-        for task in list(self._active):
-            task.cancel()
+        for sender in list(self._senders):
+            sender.cancel()
+        waiting = [*self._queue, *(job for jobs in self._parked.values() for job in jobs)]
+        self._queue.clear()
+        self._parked.clear()
+        for job in waiting:
+            job.batch.settle(job.index, _not_started(job.delivery))
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         # A send must not start so late that it could outlive the claim's lease.
         start_by = loop.time() + self.lease - self.settings.longest_send - 3.0
-        endpoints = await self.endpoints.by_ids(d.recipient for d in deliveries)
+        targets = await self.endpoints.targets(d.recipient for d in deliveries)
+        batch = _Batch(
+            outcomes=[None] * len(deliveries),
+            left=len(deliveries),
+            done=loop.create_future(),
+            start_by=start_by,
+        )
         bodies: dict[str, bytes] = {}
-        checked: dict[str, str | None] = {}
-        tasks: list[asyncio.Task[Outcome]] = []
-        for delivery in deliveries:
-            body = bodies.get(delivery.event_id)
-            if body is None:
-                body = bodies[delivery.event_id] = encode_payload(delivery.payload)
-            endpoint = endpoints.get(delivery.recipient)
-            task = asyncio.create_task(
-                self._deliver_one(delivery, endpoint, body, start_by, checked)
-            )
-            self._active.add(task)
-            task.add_done_callback(self._active.discard)
-            tasks.append(task)
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        outcomes = [
-            r if isinstance(r, Outcome) else self._unexpected(d, r)
-            for d, r in zip(deliveries, results, strict=True)
-        ]
-        await self._record_health(deliveries, outcomes, endpoints)
+        for index, delivery in enumerate(deliveries):
+            target = targets.get(delivery.recipient)
+            if target is None:
+                batch.settle(index, _dead(delivery, "endpoint deleted"))
+            elif not target.enabled:
+                reason = target.disabled_reason or "disabled"
+                batch.settle(index, _dead(delivery, f"endpoint disabled: {reason}"))
+            elif self._aborted:
+                batch.settle(index, _not_started(delivery))
+            else:
+                body = bodies.get(delivery.event_id)
+                if body is None:
+                    body = bodies[delivery.event_id] = encode_payload(delivery.payload)
+                job = _Job(
+                    batch=batch,
+                    index=index,
+                    delivery=delivery,
+                    target=target,
+                    url=self._url(target.url),
+                    body=body,
+                )
+                self._queue.append(job)
+        self._spawn()
+        if batch.left:
+            try:
+                await batch.done
+            except asyncio.CancelledError:
+                self._cancel(batch)
+                raise
+        outcomes = [o for o in batch.outcomes if o is not None]
+        await self._record_health(deliveries, outcomes, targets)
         return outcomes
 
+    def _url(self, url: str) -> URL:
+        """The parsed URL (parsed once per distinct string, not per request)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 100_000:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+        return parsed
+
+    def _spawn(self) -> None:
+        """Start senders for the queued rows, up to the overall concurrency."""
+        wanted = min(self.settings.concurrency - len(self._senders), len(self._queue))
+        for _ in range(wanted):
+            sender = asyncio.create_task(self._sender())
+            self._senders[sender] = None
+            sender.add_done_callback(self._sender_ended)
+
+    def _sender_ended(self, sender: asyncio.Task[None]) -> None:
+        self._senders.pop(sender, None)
+        if not sender.cancelled() and sender.exception() is not None:  # a bug: keep going
+            log.error("webhook sender crashed", exc_info=sender.exception())
+        if self._queue and not self._aborted:
+            self._spawn()  # a sender cancelled with its batch: the other rows still go
+
+    def _cancel(self, batch: _Batch) -> None:
+        """``deliver`` was cancelled: drop the batch's waiting rows, stop its sends."""
+        batch.cancelled = True
+        for sender, job in list(self._senders.items()):
+            if job is not None and job.batch is batch:
+                sender.cancel()
+
+    async def _sender(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        queue, limit = self._queue, self.settings.per_endpoint
+        while queue and not self._aborted:
+            job = queue.popleft()
+            if job.batch.cancelled:
+                continue
+            endpoint_id = job.target.id
+            open_ = self._open.get(endpoint_id, 0)
+            if open_ >= limit:  # the endpoint has enough: wait for one of its sends to end
+                self._parked.setdefault(endpoint_id, deque()).append(job)
+                continue
+            self._open[endpoint_id] = open_ + 1
+            self._senders[me] = job
+            try:
+                outcome = await self._attempt(job)
+            except asyncio.CancelledError:
+                job.batch.settle(job.index, _aborted(job.delivery))
+                raise
+            except Exception as exc:  # a bug must not lose the row: it is retried
+                outcome = self._unexpected(job.delivery, exc)
+            finally:
+                self._senders[me] = None
+                self._endpoint_done(endpoint_id)
+            job.batch.settle(job.index, outcome)
+
+    def _endpoint_done(self, endpoint_id: str) -> None:
+        """One send to the endpoint ended: its next parked row may go."""
+        left = self._open[endpoint_id] - 1
+        if left:
+            self._open[endpoint_id] = left
+        else:
+            del self._open[endpoint_id]
+        parked = self._parked.get(endpoint_id)
+        if parked:
+            self._queue.append(parked.popleft())
+            if not parked:
+                del self._parked[endpoint_id]
+
     def _unexpected(self, delivery: Delivery, exc: BaseException) -> Outcome:
-        if isinstance(exc, asyncio.CancelledError):
-            return Outcome(delivery_id=delivery.id, ok=False, deferred=True, error="aborted")
         log.error(
             "webhook delivery %d crashed: %r",
             delivery.id,
@@ -238,50 +399,13 @@ class WebhookChannel:
         )
         return Outcome(delivery_id=delivery.id, ok=False, error=f"internal error: {exc!r}")
 
-    async def _deliver_one(
-        self,
-        delivery: Delivery,
-        endpoint: Endpoint | None,
-        body: bytes,
-        start_by: float,
-        checked: dict[str, str | None],
-    ) -> Outcome:
-        did = delivery.id
-        if endpoint is None:
-            return Outcome(delivery_id=did, ok=False, permanent=True, error="endpoint deleted")
-        if not endpoint.enabled:
-            reason = endpoint.disabled_reason or "disabled"
-            return Outcome(
-                delivery_id=did, ok=False, permanent=True, error=f"endpoint disabled: {reason}"
-            )
-        slot = self._endpoint_slot(endpoint.id)
-        await slot.acquire()
-        try:
-            async with self._slots:
-                loop = asyncio.get_running_loop()
-                if self._aborted or loop.time() > start_by:
-                    return Outcome(delivery_id=did, ok=False, deferred=True, error="not started")
-                problem = await self._check_url(endpoint.url, checked)
-                if problem is not None:
-                    return Outcome(delivery_id=did, ok=False, error=problem)
-                return await self._send(delivery, endpoint, body)
-        finally:
-            slot.release()
-            self._endpoint_done(endpoint.id)
-
-    def _endpoint_slot(self, endpoint_id: str) -> asyncio.Semaphore:
-        entry = self._per_endpoint.get(endpoint_id)
-        if entry is None:
-            semaphore = asyncio.Semaphore(self.settings.per_endpoint)
-            entry = self._per_endpoint[endpoint_id] = (semaphore, [0])
-        entry[1][0] += 1
-        return entry[0]
-
-    def _endpoint_done(self, endpoint_id: str) -> None:
-        users = self._per_endpoint[endpoint_id][1]
-        users[0] -= 1
-        if users[0] == 0:
-            del self._per_endpoint[endpoint_id]
+    async def _attempt(self, job: _Job) -> Outcome:
+        if self._aborted or asyncio.get_running_loop().time() > job.batch.start_by:
+            return _not_started(job.delivery)
+        problem = await self._check_url(job.target.url, job.batch.checked)
+        if problem is not None:
+            return Outcome(delivery_id=job.delivery.id, ok=False, error=problem)
+        return await self._send(job)
 
     async def _check_url(self, url: str, checked: dict[str, str | None]) -> str | None:
         """The guard's objection to ``url``, or None: checked once per origin and batch.
@@ -299,15 +423,15 @@ class WebhookChannel:
                 checked[origin] = f"refused by the SSRF guard: {exc}"
         return checked[origin]
 
-    async def _send(self, delivery: Delivery, endpoint: Endpoint, body: bytes) -> Outcome:
-        did = delivery.id
+    async def _send(self, job: _Job) -> Outcome:
+        did = job.delivery.id
         try:
             try:  # the first attempt without tenacity's machinery: most succeed
-                status = await self._post(delivery, endpoint, body)
+                status = await self._post(job)
             except _AttemptFailedError as exc:
                 if not _quick_retry(exc) or self.settings.quick_retries == 0:
                     raise
-                status = await self._retry(delivery, endpoint, body)
+                status = await self._retry(job)
         except _GoneError as exc:
             return Outcome(delivery_id=did, ok=False, permanent=True, status=410, error=str(exc))
         except _AttemptFailedError as exc:
@@ -320,7 +444,7 @@ class WebhookChannel:
             )
         return Outcome(delivery_id=did, ok=True, status=status)
 
-    async def _retry(self, delivery: Delivery, endpoint: Endpoint, body: bytes) -> int:
+    async def _retry(self, job: _Job) -> int:
         """The quick in-process retries after a failed first attempt (tenacity)."""
         status = 0
         await asyncio.sleep(random.uniform(0.05, 0.2))  # a short pause before the first retry
@@ -331,24 +455,35 @@ class WebhookChannel:
             reraise=True,
         ):
             with attempt:
-                status = await self._post(delivery, endpoint, body)
+                status = await self._post(job)
         return status
 
-    async def _post(self, delivery: Delivery, endpoint: Endpoint, body: bytes) -> int:
+    def _sign(self, job: _Job, timestamp: int, now: datetime) -> str:
+        """The signature of this attempt: ``id.timestamp.body`` is built once per event and
+        second, the HMAC once per key."""
+        event_id = job.delivery.event_id
+        signed = job.batch.signed.get(event_id)
+        if signed is None or signed[0] != timestamp:
+            message = f"{event_id}.{timestamp}.".encode() + job.body
+            signed = job.batch.signed[event_id] = (timestamp, message)
+        return _signature(signed[1], job.target.signing_keys(now))
+
+    async def _post(self, job: _Job) -> int:
         now = datetime.now(UTC)
-        timestamp = int(time.time())
+        timestamp = int(time.time())  # every attempt is signed afresh
         headers = {
             "Content-Type": "application/json",
-            "webhook-id": delivery.event_id,
+            "webhook-id": job.delivery.event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign_payload(
-                delivery.event_id, timestamp, body, endpoint.signing_keys(now)
-            ),
+            "webhook-signature": self._sign(job, timestamp, now),
         }
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         try:
             async with self.session.post(
-                endpoint.url, data=body, headers=headers, allow_redirects=False, timeout=timeout
+                job.url,
+                data=job.body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout,
             ) as response:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
@@ -377,7 +512,7 @@ class WebhookChannel:
         self,
         deliveries: Sequence[Delivery],
         outcomes: Sequence[Outcome],
-        endpoints: Mapping[str, Endpoint],
+        endpoints: Mapping[str, SendTarget],
     ) -> None:
         now = datetime.now(UTC)
         succeeded: set[str] = set()
@@ -405,7 +540,7 @@ class WebhookChannel:
         for endpoint_id in sorted(failed - gone):
             await self._maybe_disable(endpoints[endpoint_id], exhausted=endpoint_id in exhausted)
 
-    async def _maybe_disable(self, before: Endpoint, *, exhausted: bool) -> None:
+    async def _maybe_disable(self, before: SendTarget, *, exhausted: bool) -> None:
         now = datetime.now(UTC)
         failures = before.consecutive_failures + 1
         since = before.failing_since or now
@@ -417,7 +552,9 @@ class WebhookChannel:
             return
         await self._disable(before, reason, now=now)
 
-    async def _disable(self, endpoint: Endpoint, reason: str, *, now: datetime) -> None:
+    async def _disable(
+        self, endpoint: Endpoint | SendTarget, reason: str, *, now: datetime
+    ) -> None:
         notify = [OPERATORS]
         contact = self.contacts.get(endpoint.partner_id or "")
         if contact:
@@ -436,3 +573,15 @@ class WebhookChannel:
                 "partner": endpoint.partner_id,
             },
         )
+
+
+def _dead(delivery: Delivery, error: str) -> Outcome:
+    return Outcome(delivery_id=delivery.id, ok=False, permanent=True, error=error)
+
+
+def _not_started(delivery: Delivery) -> Outcome:
+    return Outcome(delivery_id=delivery.id, ok=False, deferred=True, error="not started")
+
+
+def _aborted(delivery: Delivery) -> Outcome:
+    return Outcome(delivery_id=delivery.id, ok=False, deferred=True, error="aborted")

@@ -10,6 +10,8 @@ redelivering them is a query on the outbox. Secrets are Standard Webhooks secret
 from __future__ import annotations
 
 import base64
+import functools
+import json
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import Text, and_, cast, delete, func, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -93,6 +95,12 @@ class Filters:
         return True
 
 
+@functools.lru_cache(maxsize=4096)
+def filters_of(raw: str | None) -> Filters:
+    """The filters stored as JSON text ``raw``, parsed once per distinct text."""
+    return Filters.from_json(json.loads(raw) if raw else None)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
     """A registered webhook endpoint."""
@@ -134,6 +142,31 @@ class Endpoint:
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendTarget:
+    """What sending to an endpoint needs of it, read fresh for every batch (no filters).
+
+    ``keys`` are the HMAC keys, decoded once: the current secret's, then the previous one's,
+    which signs too until ``previous_until``.
+    """
+
+    id: str
+    partner_id: str | None
+    url: str
+    enabled: bool
+    disabled_reason: str | None
+    keys: tuple[bytes, ...] = field(repr=False)
+    previous_until: datetime | None = None
+    consecutive_failures: int = 0
+    failing_since: datetime | None = None
+
+    def signing_keys(self, now: datetime) -> tuple[bytes, ...]:
+        """The current key, and the previous one while its grace period lasts."""
+        if len(self.keys) > 1 and self.previous_until is not None and now < self.previous_until:
+            return self.keys
+        return self.keys[:1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,22 +317,49 @@ class EndpointStore:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def by_ids(self, ids: Iterable[str]) -> dict[str, Endpoint]:
+    async def targets(self, ids: Iterable[str]) -> dict[str, SendTarget]:
+        """What sending needs of these endpoints: only the columns it uses, one query per 900."""
         table = schema.webhook_endpoints
+        columns = (
+            table.c.id,
+            table.c.partner_id,
+            table.c.url,
+            table.c.enabled,
+            table.c.disabled_reason,
+            table.c.secret,
+            table.c.previous_secret,
+            table.c.previous_secret_until,
+            table.c.consecutive_failures,
+            table.c.failing_since,
+        )
         wanted = list(set(ids))
-        found: dict[str, Endpoint] = {}
+        found: dict[str, SendTarget] = {}
         async with self.engine.connect() as conn:
             for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
                 chunk = wanted[start : start + 900]
-                rows = (await conn.execute(select(table).where(table.c.id.in_(chunk)))).mappings()
-                found.update((r["id"], _endpoint(r)) for r in rows.all())
+                for r in await conn.execute(select(*columns).where(table.c.id.in_(chunk))):
+                    keys = [secret_key(r.secret)]
+                    if r.previous_secret and r.previous_secret_until is not None:
+                        keys.append(secret_key(r.previous_secret))
+                    found[r.id] = SendTarget(
+                        id=r.id,
+                        partner_id=r.partner_id,
+                        url=r.url,
+                        enabled=bool(r.enabled),
+                        disabled_reason=r.disabled_reason,
+                        keys=tuple(keys),
+                        previous_until=r.previous_secret_until,
+                        consecutive_failures=r.consecutive_failures,
+                        failing_since=r.failing_since,
+                    )
         return found
 
-    async def routable(self, conn: AsyncConnection) -> list[Endpoint]:
-        """Every enabled endpoint, read on the caller's transaction (the event's own)."""
+    async def routes(self, conn: AsyncConnection) -> list[tuple[str, str | None]]:
+        """Every enabled endpoint's id and filters as stored JSON text (see :func:`filters_of`),
+        read on the caller's transaction (the event's own)."""
         table = schema.webhook_endpoints
-        rows = (await conn.execute(select(table).where(table.c.enabled.is_(True)))).mappings()
-        return [_endpoint(r) for r in rows.all()]
+        query = select(table.c.id, cast(table.c.filters, Text)).where(table.c.enabled.is_(True))
+        return [(endpoint_id, raw) for endpoint_id, raw in await conn.execute(query)]
 
     async def update(self, endpoint_id: str, *, now: datetime, **changes: Any) -> Endpoint | None:
         """Change url, description, filters or enabled. Enabling clears the failure record."""
@@ -431,7 +491,7 @@ class EndpointStore:
 
     async def disable(
         self,
-        endpoint: Endpoint,
+        endpoint: Endpoint | SendTarget,
         *,
         reason: str,
         notify: Sequence[str],
