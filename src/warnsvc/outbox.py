@@ -149,31 +149,37 @@ class Outbox:
             # each row as it is updated, so only rows this UPDATE moved are ours: another
             # dispatcher may have claimed some of the candidates first.
             claimed = (
-                await conn.execute(
-                    update(table)
-                    .where(and_(table.c.id.in_(candidates), due))
-                    .values(
-                        status=IN_FLIGHT,
-                        lease_until=now + timedelta(seconds=lease or self.lease),
-                        updated_at=now,
+                (
+                    await conn.execute(
+                        update(table)
+                        .where(and_(table.c.id.in_(candidates), due))
+                        .values(
+                            status=IN_FLIGHT,
+                            lease_until=now + timedelta(seconds=lease or self.lease),
+                            updated_at=now,
+                        )
+                        .returning(
+                            table.c.id, table.c.event_id, table.c.recipient, table.c.attempts
+                        )
                     )
-                    .returning(table.c.id, table.c.event_id, table.c.recipient, table.c.attempts)
                 )
-            ).all()
+                .tuples()
+                .all()
+            )
             if not claimed:
                 return []
-            payloads = await _payloads(conn, {row.event_id for row in claimed})
+            payloads = await _payloads(conn, {event_id for _, event_id, _, _ in claimed})
         # Every row of one event shares its decoded payload: read it, never change it.
         return [
             Delivery(
-                id=row.id,
-                event_id=row.event_id,
+                id=row_id,
+                event_id=event_id,
                 channel=channel,
-                recipient=row.recipient,
-                attempts=row.attempts,
-                payload=payloads[row.event_id],
+                recipient=recipient,
+                attempts=attempts,
+                payload=payloads[event_id],
             )
-            for row in sorted(claimed, key=lambda row: int(row.id))
+            for row_id, event_id, recipient, attempts in sorted(claimed)  # by id, as selected
         ]
 
     async def complete(

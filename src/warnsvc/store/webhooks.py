@@ -337,20 +337,32 @@ class EndpointStore:
         async with self.engine.connect() as conn:
             for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
                 chunk = wanted[start : start + 900]
-                for r in await conn.execute(select(*columns).where(table.c.id.in_(chunk))):
-                    keys = [secret_key(r.secret)]
-                    if r.previous_secret and r.previous_secret_until is not None:
-                        keys.append(secret_key(r.previous_secret))
-                    found[r.id] = SendTarget(
-                        id=r.id,
-                        partner_id=r.partner_id,
-                        url=r.url,
-                        enabled=bool(r.enabled),
-                        disabled_reason=r.disabled_reason,
-                        keys=tuple(keys),
-                        previous_until=r.previous_secret_until,
-                        consecutive_failures=r.consecutive_failures,
-                        failing_since=r.failing_since,
+                result = await conn.execute(select(*columns).where(table.c.id.in_(chunk)))
+                for (
+                    endpoint_id,
+                    partner_id,
+                    url,
+                    enabled,
+                    disabled_reason,
+                    secret,
+                    previous_secret,
+                    previous_until,
+                    failures,
+                    failing_since,
+                ) in result.tuples():
+                    keys: tuple[bytes, ...] = (secret_key(secret),)
+                    if previous_secret and previous_until is not None:
+                        keys += (secret_key(previous_secret),)
+                    found[endpoint_id] = SendTarget(
+                        id=endpoint_id,
+                        partner_id=partner_id,
+                        url=url,
+                        enabled=bool(enabled),
+                        disabled_reason=disabled_reason,
+                        keys=keys,
+                        previous_until=previous_until,
+                        consecutive_failures=failures,
+                        failing_since=failing_since,
                     )
         return found
 
