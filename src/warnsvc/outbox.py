@@ -149,23 +149,17 @@ class Outbox:
             # each row as it is updated, so only rows this UPDATE moved are ours: another
             # dispatcher may have claimed some of the candidates first.
             claimed = (
-                (
-                    await conn.execute(
-                        update(table)
-                        .where(and_(table.c.id.in_(candidates), due))
-                        .values(
-                            status=IN_FLIGHT,
-                            lease_until=now + timedelta(seconds=lease or self.lease),
-                            updated_at=now,
-                        )
-                        .returning(
-                            table.c.id, table.c.event_id, table.c.recipient, table.c.attempts
-                        )
+                await conn.execute(
+                    update(table)
+                    .where(and_(table.c.id.in_(candidates), due))
+                    .values(
+                        status=IN_FLIGHT,
+                        lease_until=now + timedelta(seconds=lease or self.lease),
+                        updated_at=now,
                     )
+                    .returning(table.c.id, table.c.event_id, table.c.recipient, table.c.attempts)
                 )
-                .tuples()
-                .all()
-            )
+            ).all()
             if not claimed:
                 return []
             payloads = await _payloads(conn, {event_id for _, event_id, _, _ in claimed})

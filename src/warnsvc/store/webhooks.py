@@ -349,7 +349,7 @@ class EndpointStore:
                     previous_until,
                     failures,
                     failing_since,
-                ) in result.tuples():
+                ) in result:
                     keys: tuple[bytes, ...] = (secret_key(secret),)
                     if previous_secret and previous_until is not None:
                         keys += (secret_key(previous_secret),)
