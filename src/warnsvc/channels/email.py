@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +39,16 @@ from warnsvc.addresses import format_mailbox
 from warnsvc.channels.base import Outcome
 from warnsvc.errors import StoreError
 from warnsvc.mail import store as mailstore
-from warnsvc.mail.compose import Envelope, MailTemplates, Sender, build_message, event_view
+from warnsvc.mail.compose import (
+    Envelope,
+    MailTemplates,
+    Rendered,
+    Sender,
+    build_message,
+    event_view,
+)
 from warnsvc.mail.filters import Filters
+from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
 from warnsvc.mail.smtp import SendError, SmtpConfig, SmtpPool
 from warnsvc.model import Event, Scale
 from warnsvc.outbox import Delivery, RetryPolicy
@@ -51,6 +60,7 @@ __all__ = [
     "EmailChannel",
     "EmailOptions",
     "EmailWorker",
+    "EventMails",
     "Mailer",
 ]
 
@@ -106,6 +116,14 @@ class Mailer:
             **extra,
         }
 
+    def personal(self, subscriber: mailstore.Subscriber) -> Personal:
+        """The subscriber's values of the per-recipient template variables."""
+        return Personal(
+            address=subscriber.address,
+            name=subscriber.name,
+            unsubscribe_url=self.options.unsubscribe_url(subscriber.unsubscribe_token),
+        )
+
     def event_mail(
         self,
         view: Mapping[str, Any],
@@ -113,7 +131,22 @@ class Mailer:
         *,
         now: datetime,
     ) -> Envelope:
+        """The mail of one event to one subscriber, rendered from the templates in full."""
         rendered = self.templates.mail("event", self._context(subscriber, event=view))
+        return self.event_envelope(view, subscriber, rendered, now=now)
+
+    def event_mails(self, view: Mapping[str, Any]) -> EventMails:
+        """The mail of one event for any number of subscribers, rendered once if it can be."""
+        return EventMails(self, view)
+
+    def event_envelope(
+        self,
+        view: Mapping[str, Any],
+        subscriber: mailstore.Subscriber,
+        rendered: Rendered,
+        *,
+        now: datetime,
+    ) -> Envelope:
         return build_message(
             sender=self.options.sender,
             to_address=subscriber.address,
@@ -124,6 +157,14 @@ class Mailer:
             date=now,
             headers={"X-Warnsvc-Event": str(view["id"])},
         )
+
+    def shared_context(self, **extra: Any) -> dict[str, Any]:
+        """The template variables that are the same for every recipient."""
+        return {
+            "service_name": self.options.service_name,
+            "base_url": self.options.base_url,
+            **extra,
+        }
 
     def digest_mail(
         self,
@@ -231,6 +272,39 @@ class Mailer:
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+class EventMails:
+    """One event's mail for many subscribers: rendered once, then personalised per subscriber.
+
+    See :mod:`warnsvc.mail.personal`: when the templates do more with a per-recipient variable
+    than print it, each mail is rendered in full instead (same output, slower).
+    """
+
+    def __init__(self, mailer: Mailer, view: Mapping[str, Any]) -> None:
+        self.mailer = mailer
+        self.view = view
+        made = prerender(
+            mailer.templates,
+            "event",
+            mailer.shared_context(event=view),
+            probes(mailer.options.unsubscribe_url),
+        )
+        self.prerendered = made if isinstance(made, Prerendered) else None
+        self.why_not = made if isinstance(made, str) else None
+        if self.why_not:
+            log.info(
+                "event %s: rendering each mail in full: %s",
+                view.get("id"),
+                self.why_not,
+                extra={"action": "email_render_per_recipient"},
+            )
+
+    def build(self, subscriber: mailstore.Subscriber, now: datetime) -> Envelope:
+        if self.prerendered is None:
+            return self.mailer.event_mail(self.view, subscriber, now=now)
+        rendered = self.prerendered.fill(self.mailer.personal(subscriber))
+        return self.mailer.event_envelope(self.view, subscriber, rendered, now=now)
 
 
 @dataclass(slots=True)
@@ -354,30 +428,38 @@ class EmailChannel(_SubscriberChannel):
 
     name = EMAIL_CHANNEL
 
+    def __init__(self, engine: AsyncEngine, mailer: Mailer, scales: Mapping[str, Scale]) -> None:
+        super().__init__(engine, mailer, scales)
+        self._prepared: dict[str, EventMails] = {}
+
     async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
         return [s.key for s in await self._matching(conn, event, mailstore.IMMEDIATE)]
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         ids = {d.id: mailstore.subscriber_id(d.recipient) for d in deliveries}
         active, skipped = await self._load(deliveries, ids)
-        views: dict[str, dict[str, Any]] = {}
+        mails: dict[str, EventMails] = {}
         now = _now()
         jobs = []
         for delivery in deliveries:
             sub = active.get(delivery.id)
             if sub is None:
                 continue
-            view = views.get(delivery.event_id)
-            if view is None:
-                view = views[delivery.event_id] = event_view(delivery.payload)
-            jobs.append(_Job(delivery, sub, _event_builder(self.mailer, view, sub, now)))
+            mail = mails.get(delivery.event_id)
+            if mail is None:
+                mail = mails[delivery.event_id] = self._event_mails(delivery)
+            jobs.append(_Job(delivery, sub, functools.partial(mail.build, sub, now)))
         return await self._send_jobs(jobs, skipped)
 
-
-def _event_builder(
-    mailer: Mailer, view: Mapping[str, Any], sub: mailstore.Subscriber, now: datetime
-) -> Callable[[], Envelope]:
-    return lambda: mailer.event_mail(view, sub, now=now)
+    def _event_mails(self, delivery: Delivery) -> EventMails:
+        """The event's mail, rendered once per event and process (batches share it)."""
+        view = event_view(delivery.payload)
+        cached = self._prepared.get(delivery.event_id)
+        if cached is None or cached.view != view:
+            cached = self._prepared[delivery.event_id] = self.mailer.event_mails(view)
+            while len(self._prepared) > 16:
+                del self._prepared[next(iter(self._prepared))]
+        return cached
 
 
 class DigestChannel(_SubscriberChannel):

@@ -51,6 +51,7 @@ __all__ = [
     "Sender",
     "build_message",
     "event_view",
+    "finish_subject",
     "safe_url",
     "subject_tag",
 ]
@@ -197,9 +198,8 @@ class MailTemplates:
 
     def mail(self, kind: str, context: Mapping[str, Any]) -> Rendered:
         """The subject, text and HTML of mail ``kind`` (``event``, ``digest``, ``confirm``)."""
-        subject = clean_line(self.render(f"email/{kind}_subject.txt", context))
         return Rendered(
-            subject=subject[:_MAX_SUBJECT] or "(no subject)",
+            subject=finish_subject(self.render(f"email/{kind}_subject.txt", context)),
             text=self.render(f"email/{kind}.txt", context),
             html=self.render(f"email/{kind}.html", context),
         )
@@ -213,6 +213,11 @@ class MailTemplates:
             except TemplateError as exc:
                 problems.append(f"template for {kind!r} mail: {type(exc).__name__}: {exc}")
         return problems
+
+
+def finish_subject(rendered: str) -> str:
+    """A rendered subject template as the subject: one clean line, not too long."""
+    return clean_line(rendered)[:_MAX_SUBJECT] or "(no subject)"
 
 
 # --------------------------------------------------------------------------- messages
