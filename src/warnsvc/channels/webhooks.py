@@ -243,7 +243,6 @@ class WebhookChannel:
         self._parked: dict[str, deque[_Job]] = {}
         self._open: dict[str, int] = {}  # endpoint id -> requests open
         self._senders: dict[asyncio.Task[None], _Job | None] = {}  # sender -> its row
-        self._urls: dict[str, URL] = {}
         self._aborted = False
 
     # -- routing -----------------------------------------------------------------------------
@@ -286,6 +285,7 @@ class WebhookChannel:
             start_by=start_by,
         )
         bodies: dict[str, bytes] = {}
+        urls: dict[str, URL] = {}  # parsed once per batch, not again by every request
         for index, delivery in enumerate(deliveries):
             target = targets.get(delivery.recipient)
             if target is None:
@@ -304,7 +304,7 @@ class WebhookChannel:
                     index=index,
                     delivery=delivery,
                     target=target,
-                    url=self._url(target.url),
+                    url=urls.get(target.url) or urls.setdefault(target.url, URL(target.url)),
                     body=body,
                 )
                 self._queue.append(job)
@@ -318,15 +318,6 @@ class WebhookChannel:
         outcomes = [o for o in batch.outcomes if o is not None]
         await self._record_health(deliveries, outcomes, targets)
         return outcomes
-
-    def _url(self, url: str) -> URL:
-        """The parsed URL (parsed once per distinct string, not per request)."""
-        parsed = self._urls.get(url)
-        if parsed is None:
-            if len(self._urls) >= 100_000:
-                self._urls.clear()
-            parsed = self._urls[url] = URL(url)
-        return parsed
 
     def _spawn(self) -> None:
         """Start senders for the queued rows, up to the overall concurrency."""
