@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -14,9 +15,9 @@ import pytest
 from warnsvc.channels.email import EmailOptions, Mailer, sender_from
 from warnsvc.mail import personal
 from warnsvc.mail import store as mailstore
-from warnsvc.mail.compose import Rendered, event_view
+from warnsvc.mail.compose import Rendered, event_view, quoted_printable
 from warnsvc.mail.filters import Filters
-from warnsvc.mail.personal import prerender, probes
+from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
 from warnsvc.mail.smtp import SmtpConfig
 
 BASE_URL = "https://alerts.example.org"
@@ -221,3 +222,28 @@ def test_source_text_cannot_pose_as_a_personal_part() -> None:
     assert mails.prerendered is not None
     for sub in SUBSCRIBERS:
         assert mails.prerendered.fill(m.personal(sub)) == full(m, view, sub)
+
+
+def test_encoding_by_lines_equals_encoding_the_filled_in_whole() -> None:
+    """Static lines are made quoted-printable once; the result is the same for any values."""
+    rng = random.Random(4)
+    pieces = ["a", " ", "\t", "=", ".", "\n", "\r\n", "\r", "é", "日本", "x" * 90, "<&>"]
+    values = ["", "v", "Ünlü <b>", "a\nb", "c\r", " edge ", "y" * 120, None]
+    for _ in range(400):
+        parts: list[list[str | tuple[int, str]]] = [[], [], []]
+        for part in parts:
+            for _ in range(rng.randint(0, 12)):
+                if rng.random() < 0.3:
+                    part.append((rng.randint(0, 2), rng.choice("th")))
+                else:
+                    part.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 6))))
+        made = Prerendered.make(*(tuple(p) for p in parts))
+        for _ in range(5):
+            address, url = rng.choice(values) or "a@example.org", rng.choice(values) or "u"
+            person = Personal(address=address, name=rng.choice(values), unsubscribe_url=url)
+            rendered = made.fill(person)
+            assert made.encoded(person) == (
+                rendered.subject,
+                quoted_printable(rendered.text),
+                quoted_printable(rendered.html),
+            )

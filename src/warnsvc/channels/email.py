@@ -146,6 +146,7 @@ class Mailer:
         rendered: Rendered,
         *,
         now: datetime,
+        encoded: tuple[str, str] | None = None,
     ) -> Envelope:
         return build_message(
             sender=self.options.sender,
@@ -156,6 +157,7 @@ class Mailer:
             unsubscribe_url=self.options.unsubscribe_url(subscriber.unsubscribe_token),
             date=now,
             headers={"X-Warnsvc-Event": str(view["id"])},
+            encoded=encoded,
         )
 
     def shared_context(self, **extra: Any) -> dict[str, Any]:
@@ -303,8 +305,11 @@ class EventMails:
     def build(self, subscriber: mailstore.Subscriber, now: datetime) -> Envelope:
         if self.prerendered is None:
             return self.mailer.event_mail(self.view, subscriber, now=now)
-        rendered = self.prerendered.fill(self.mailer.personal(subscriber))
-        return self.mailer.event_envelope(self.view, subscriber, rendered, now=now)
+        subject, text, html = self.prerendered.encoded(self.mailer.personal(subscriber))
+        rendered = Rendered(subject=subject, text="", html="")  # the parts come encoded
+        return self.mailer.event_envelope(
+            self.view, subscriber, rendered, now=now, encoded=(text, html)
+        )
 
 
 @dataclass(slots=True)
