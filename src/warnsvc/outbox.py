@@ -22,6 +22,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -173,7 +174,8 @@ class Outbox:
                 attempts=attempts,
                 payload=payloads[event_id],
             )
-            for row_id, event_id, recipient, attempts in sorted(claimed)  # by id, as selected
+            # by id, as selected (a key: comparing SQLAlchemy rows is slow)
+            for row_id, event_id, recipient, attempts in sorted(claimed, key=itemgetter(0))
         ]
 
     async def complete(
