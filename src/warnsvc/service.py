@@ -36,13 +36,14 @@ from warnsvc.model import Scale
 from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
 from warnsvc.outbox import Outbox, RetryPolicy
 from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
+from warnsvc.reconfigure import email_added, reconfigure_email, reconfigure_webhooks
 from warnsvc.reload import ConfigWatcher, ReloadPlan, plan_reload
 from warnsvc.sources.base import PageLoader, Source, SourceInfo
 from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
 from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
-from warnsvc.web.api import make_api
+from warnsvc.web.api import WebhookApi, make_api
 from warnsvc.web.app import make_app
 from warnsvc.webhook_wiring import Webhooks, build_webhooks
 
@@ -202,6 +203,7 @@ class Service:
         self.last_reload: dict[str, Any] = {"result": None, "at": None, "problems": []}
         self._background: set[asyncio.Task[bool]] = set()
         self._dead_letters_checked = 0.0
+        self.webhook_api: WebhookApi | None = None
 
     async def start(self) -> None:
         self.parts = await build_components(self.settings)
@@ -261,11 +263,16 @@ class Service:
                 }
                 return False
             plan = plan_reload(self.settings, new)
-            await self._apply(new, plan)
+            restart = [*plan.restart_needed, *await self._apply(new, plan)]
             metrics.CONFIG_RELOADS.labels(result="ok").inc()
-            self.last_reload = {"result": "ok", "at": _iso(_now()), "problems": []}
+            self.last_reload = {
+                "result": "ok",
+                "at": _iso(_now()),
+                "problems": [],
+                "restart_needed": restart,
+            }
             log.info("config reloaded: %s", plan.summary(), extra={"action": "config_reloaded"})
-            for key in plan.restart_needed:
+            for key in restart:
                 log.warning(
                     "%s changed: it takes effect at the next restart",
                     key,
@@ -273,7 +280,7 @@ class Service:
                 )
             return True
 
-    async def _apply(self, new: Settings, plan: ReloadPlan) -> None:
+    async def _apply(self, new: Settings, plan: ReloadPlan) -> list[str]:
         """Switch to ``new``: reschedule sources that changed; the rest applies to the next
         poll or delivery. Rows already queued stay as they are."""
         parts = self.parts
@@ -302,9 +309,19 @@ class Service:
             reconfigure = getattr(channel, "reconfigure", None)
             if reconfigure is not None:
                 await reconfigure(self.settings)
+        restart: list[str] = []
+        if parts.webhooks is not None:
+            restart += await reconfigure_webhooks(
+                parts.webhooks, old, self.settings, api=self.webhook_api
+            )
+        if parts.email is not None:
+            restart += await reconfigure_email(parts.email, old, self.settings)
+        elif email_added(old, self.settings):
+            restart.append("email (the section was added)")
         for source_id in (*plan.changed, *plan.added):
             parts.add_source(self.settings, self.settings.source(source_id))
             self._schedule(source_id)
+        return restart
 
     async def operator_checks(self) -> None:
         """Queue new operator notices (every few seconds); look at dead letters (every 5 min)."""
@@ -406,6 +423,7 @@ class Service:
         )
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
+            self.webhook_api = api
             app.add_subapp("/api/v1", make_api(api))
         if self.parts is not None and self.parts.email is not None:
             self.parts.email.add_routes(app)
@@ -434,6 +452,7 @@ class Service:
             "last_reload": self.last_reload["result"],
             "last_reload_at": self.last_reload["at"],
             "last_reload_error": self.last_reload["problems"],
+            "restart_needed": self.last_reload.get("restart_needed", []),
         }
         failing: dict[str, str | None] = {}
         tolerated: dict[str, str | None] = {}
