@@ -12,7 +12,10 @@ and answers 204 to ``POST /hook/<n>``. Two runs send the same number of requests
   same bodies to the same paths (no database, no signing): what this machine can do.
 
 The last line is one JSON object: throughput and baseline (requests/s), ratio, peak_rss_mb
-of this process, and the parts of the warnsvc run.
+of this process, and the parts of the warnsvc run. ``cpu_us_per_delivery`` and
+``baseline_cpu_us_per_request`` are the CPU time this process (every thread) spent per request
+in each, and ``cpu_ratio`` the second over the first: on a machine shared with other jobs the
+rates swing with the load, the CPU cost much less.
 
     python bench/webhook_fanout.py --endpoints 10000
 """
@@ -90,8 +93,13 @@ def _event() -> Event:
     )
 
 
-async def baseline(base: str, endpoints: int, concurrency: int, body: bytes) -> float:
-    """Requests/s of a bare aiohttp keep-alive client posting ``body`` to every path."""
+async def baseline(
+    base: str, endpoints: int, concurrency: int, body: bytes, cpu: list[float] | None = None
+) -> float:
+    """Requests/s of a bare aiohttp keep-alive client posting ``body`` to every path.
+
+    The CPU seconds this process spent are appended to ``cpu`` when given.
+    """
     connector = aiohttp.TCPConnector(limit=concurrency)
     headers = {"Content-Type": "application/json"}
     queue = iter(range(endpoints))
@@ -103,9 +111,12 @@ async def baseline(base: str, endpoints: int, concurrency: int, body: bytes) -> 
                     await r.read()
                     assert r.status == 204
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return endpoints / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if cpu is not None:
+            cpu.append(time.process_time() - cpu_started)
+        return endpoints / elapsed
 
 
 async def warnsvc_run(
@@ -146,12 +157,12 @@ webhooks:
         async with parts.store.engine.begin() as conn:
             await conn.execute(schema.webhook_endpoints.insert(), rows)
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         async with parts.store.engine.begin() as conn:
             await insert_event(conn, _event(), parts.poller.recipients, now=datetime.now(UTC))
         written = time.perf_counter()
         tried = await parts.dispatcher.drain()
-        finished = time.perf_counter()
+        finished, cpu_finished = time.perf_counter(), time.process_time()
 
         query = (
             select(func.count())
@@ -167,6 +178,7 @@ webhooks:
             "write_seconds": written - started,
             "dispatch_seconds": finished - written,
             "dispatch_throughput": endpoints / (finished - written),
+            "cpu_seconds": cpu_finished - cpu_started,
         }
     finally:
         await parts.close()
@@ -185,10 +197,11 @@ async def main(endpoints: int, concurrency: int, batch: int, parallel: int) -> d
         base = f"http://127.0.0.1:{port}"
         body = _event().payload_json().encode()
         await baseline(base, min(endpoints, 1000), concurrency, body)  # warm up both sides
-        first = await baseline(base, endpoints, concurrency, body)
+        cpu: list[float] = []
+        first = await baseline(base, endpoints, concurrency, body, cpu)
         with tempfile.TemporaryDirectory() as tmp:
             ours = await warnsvc_run(base, endpoints, concurrency, Path(tmp), batch, parallel)
-        second = await baseline(base, endpoints, concurrency, body)
+        second = await baseline(base, endpoints, concurrency, body, cpu)
         best = max(first, second)
         received = count.value
     finally:
@@ -206,6 +219,10 @@ async def main(endpoints: int, concurrency: int, batch: int, parallel: int) -> d
         "write_seconds": round(ours["write_seconds"], 3),
         "dispatch_seconds": round(ours["dispatch_seconds"], 3),
         "baseline_runs": [round(first, 1), round(second, 1)],
+        # CPU this process spent per request: steadier than rates on a shared, busy machine
+        "cpu_us_per_delivery": round(ours["cpu_seconds"] / endpoints * 1e6, 1),
+        "baseline_cpu_us_per_request": round(min(cpu) / endpoints * 1e6, 1),
+        "cpu_ratio": round(min(cpu) / ours["cpu_seconds"], 3),
         "requests_received": received,
     }
 
