@@ -353,7 +353,19 @@ class _SubscriberChannel:
     async def _send_jobs(self, jobs: Sequence[_Job], skipped: Sequence[Outcome]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.mailer.options.batch_budget
-        results = await asyncio.gather(*(self._send_one(job, deadline) for job in jobs))
+        # A few senders take the jobs in turn (not a task per job queueing for the pool): twice
+        # the pool's connections, so one waiting out a quick retry leaves its connection to
+        # another; each checks the time budget as it starts a job.
+        found: list[tuple[Outcome, bool] | None] = [None] * len(jobs)
+        turns = iter(range(len(jobs)))
+
+        async def sender() -> None:
+            for index in turns:
+                found[index] = await self._send_one(jobs[index], deadline)
+
+        senders = min(len(jobs), 2 * self.mailer.options.smtp.connections)
+        await asyncio.gather(*(sender() for _ in range(senders)))
+        results = [r for r in found if r is not None]
         outcomes = [outcome for outcome, _ in results]
         # only addresses with hard failures on record need a reset after a success
         delivered = [
