@@ -344,11 +344,15 @@ class _SubscriberChannel:
 
     async def _matching(self, conn: AsyncConnection, event: Event, mode: str) -> list[Any]:
         payload = event.payload()
-        return [
-            s
-            for s in await mailstore.active_subscribers(conn, mode)
-            if s.filters.matches(payload, self.scales)
-        ]
+        verdicts: dict[Filters, bool] = {}  # subscribers share filters: decide each once
+        matching = []
+        for sub in await mailstore.active_subscribers(conn, mode):
+            verdict = verdicts.get(sub.filters)
+            if verdict is None:
+                verdict = verdicts[sub.filters] = sub.filters.matches(payload, self.scales)
+            if verdict:
+                matching.append(sub)
+        return matching
 
     async def _send_jobs(self, jobs: Sequence[_Job], skipped: Sequence[Outcome]) -> list[Outcome]:
         loop = asyncio.get_running_loop()

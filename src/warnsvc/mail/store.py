@@ -22,15 +22,17 @@ confirmation requested while SMTP is down is sent when it is back.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import RowMapping, and_, case, func, or_, select, update
+from sqlalchemy import RowMapping, String, and_, case, cast, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.mail.filters import Filters
@@ -85,6 +87,7 @@ def subscriber_id(recipient: str) -> int | None:
 
 
 def _subscriber(row: RowMapping) -> Subscriber:
+    filters = row["filters"]
     return Subscriber(
         id=row["id"],
         address=row["address"],
@@ -92,14 +95,30 @@ def _subscriber(row: RowMapping) -> Subscriber:
         origin=row["origin"],
         status=row["status"],
         mode=row["mode"],
-        filters=Filters.from_json(row["filters"]),
+        filters=_filters(filters) if isinstance(filters, str) else Filters.from_json(filters),
         unsubscribe_token=row["unsubscribe_token"],
         hard_failures=row["hard_failures"],
     )
 
 
+@lru_cache(maxsize=1024)
+def _filters(text: str) -> Filters:
+    """Filters from their stored JSON; most subscribers share a few, so each is parsed once."""
+    data = json.loads(text)
+    return Filters.from_json(data if isinstance(data, dict) else None)
+
+
+# Lists read many subscribers: only the columns a Subscriber has, and the filters as stored
+# text, parsed once per distinct value.
+_FIELDS = ("id", "address", "name", "origin", "status", "mode", "unsubscribe_token")
+_MANY = select(
+    *(subs.c[name] for name in (*_FIELDS, "hard_failures")),
+    cast(subs.c.filters, String).label("filters"),
+)
+
+
 async def active_subscribers(conn: AsyncConnection, mode: str) -> list[Subscriber]:
-    query = select(subs).where(subs.c.status == ACTIVE, subs.c.mode == mode).order_by(subs.c.id)
+    query = _MANY.where(subs.c.status == ACTIVE, subs.c.mode == mode).order_by(subs.c.id)
     return [_subscriber(r) for r in (await conn.execute(query)).mappings().all()]
 
 
@@ -109,7 +128,7 @@ async def subscribers_by_id(engine: AsyncEngine, ids: Iterable[int]) -> dict[int
     async with engine.connect() as conn:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            rows = (await conn.execute(select(subs).where(subs.c.id.in_(chunk)))).mappings()
+            rows = (await conn.execute(_MANY.where(subs.c.id.in_(chunk)))).mappings()
             found.update((r["id"], _subscriber(r)) for r in rows.all())
     return found
 
