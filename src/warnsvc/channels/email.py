@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -325,11 +325,16 @@ class _SubscriberChannel:
     The dispatcher reads ``batch_size``, ``parallel_batches`` and ``lease``: two batches in
     flight keep the SMTP pool busy while the other batch is being recorded and claimed (the
     pool still bounds the messages in flight), and the lease outlasts the time budget.
+
+    The batches take turns: a batch starts sending once the one before has started its last
+    mail. Two batches sending side by side would finish together and leave the pool idle
+    while both are recorded and the next two claimed; in turns, one batch's recording and the
+    next claim overlap the other's sending.
     """
 
     name: str
     batch_size = 200
-    parallel_batches = 1
+    parallel_batches = 2
 
     def __init__(self, engine: AsyncEngine, mailer: Mailer, scales: Mapping[str, Scale]) -> None:
         self.engine = engine
@@ -337,6 +342,7 @@ class _SubscriberChannel:
         self.scales = scales
         self.lease = mailer.options.batch_budget + mailer.options.smtp.timeout * 2 + 30
         self._aborted = False
+        self._turn = asyncio.Lock()
 
     def abort(self) -> None:
         """Shutdown: messages not started yet are handed back (not counted as attempts)."""
@@ -361,14 +367,32 @@ class _SubscriberChannel:
         # the pool's connections, so one waiting out a quick retry leaves its connection to
         # another; each checks the time budget as it starts a job.
         found: list[tuple[Outcome, bool] | None] = [None] * len(jobs)
-        turns = iter(range(len(jobs)))
+        await self._turn.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._turn.release()
+
+        def take_turns() -> Iterator[int]:
+            for index in range(len(jobs)):
+                if index == len(jobs) - 1:
+                    release()  # the last mail of this batch is starting: the next batch may
+                yield index
+
+        turns = take_turns()
 
         async def sender() -> None:
             for index in turns:
                 found[index] = await self._send_one(jobs[index], deadline)
 
         senders = min(len(jobs), 2 * self.mailer.options.smtp.connections)
-        await asyncio.gather(*(sender() for _ in range(senders)))
+        try:
+            await asyncio.gather(*(sender() for _ in range(senders)))
+        finally:
+            release()
         results = [r for r in found if r is not None]
         outcomes = [outcome for outcome, _ in results]
         # only addresses with hard failures on record need a reset after a success
