@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from warnsvc.channels.base import Outcome
 from warnsvc.channels.email import EmailChannel, EmailOptions, Mailer, _Job, sender_from
 from warnsvc.mail import store as mailstore
 from warnsvc.mail.compose import Envelope
@@ -67,7 +68,13 @@ async def test_a_second_batch_starts_sending_once_the_first_has_started_all_its_
     assert channel.parallel_batches == 2
     first = [job("a", n) for n in range(20)]
     second = [job("b", n) for n in range(100, 120)]
-    done = await asyncio.gather(channel._send_jobs(first, []), channel._send_jobs(second, []))
+
+    async def batch(jobs: list[_Job]) -> list[Outcome]:
+        async with channel.turn() as turn:
+            await asyncio.sleep(0)  # reading subscribers happens here
+            return await channel._send_jobs(jobs, [], deadline=channel._deadline(), turn=turn)
+
+    done = await asyncio.gather(batch(first), batch(second))
     assert all(o.ok for outcomes in done for o in outcomes)
     assert [len(outcomes) for outcomes in done] == [20, 20]
     order = [r[0] for r in pool.started]

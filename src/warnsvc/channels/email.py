@@ -319,6 +319,27 @@ class _Job:
     build: Callable[[], Envelope]
 
 
+class _Turn:
+    """A batch's turn on the SMTP pool: taken before its subscribers are read, passed on once."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def __aenter__(self) -> _Turn:
+        await self._lock.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.pass_on()
+
+    def pass_on(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
 class _SubscriberChannel:
     """What both channels share: load subscribers, send a batch, map errors to outcomes.
 
@@ -326,10 +347,11 @@ class _SubscriberChannel:
     flight keep the SMTP pool busy while the other batch is being recorded and claimed (the
     pool still bounds the messages in flight), and the lease outlasts the time budget.
 
-    The batches take turns: a batch starts sending once the one before has started its last
-    mail. Two batches sending side by side would finish together and leave the pool idle
-    while both are recorded and the next two claimed; in turns, one batch's recording and the
-    next claim overlap the other's sending.
+    The batches take turns: a batch reads its subscribers (so an unsubscribe is seen as late
+    as before) and starts sending once the one before has started its last mail. Two batches
+    sending side by side would finish together and leave the pool idle while both are
+    recorded and the next two claimed; in turns, one batch's recording and the next claim
+    overlap the other's sending. The time budget counts from the claim, turn or not.
     """
 
     name: str
@@ -343,6 +365,9 @@ class _SubscriberChannel:
         self.lease = mailer.options.batch_budget + mailer.options.smtp.timeout * 2 + 30
         self._aborted = False
         self._turn = asyncio.Lock()
+
+    def turn(self) -> _Turn:
+        return _Turn(self._turn)
 
     def abort(self) -> None:
         """Shutdown: messages not started yet are handed back (not counted as attempts)."""
@@ -360,26 +385,23 @@ class _SubscriberChannel:
                 matching.append(sub)
         return matching
 
-    async def _send_jobs(self, jobs: Sequence[_Job], skipped: Sequence[Outcome]) -> list[Outcome]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.mailer.options.batch_budget
+    def _deadline(self) -> float:
+        """When a batch claimed now must stop starting mails (its lease outlasts this)."""
+        return asyncio.get_running_loop().time() + self.mailer.options.batch_budget
+
+    async def _send_jobs(
+        self, jobs: Sequence[_Job], skipped: Sequence[Outcome], *, deadline: float, turn: _Turn
+    ) -> list[Outcome]:
+        """Send a batch in ``turn``, which passes on as the batch's last mail starts."""
         # A few senders take the jobs in turn (not a task per job queueing for the pool): twice
         # the pool's connections, so one waiting out a quick retry leaves its connection to
         # another; each checks the time budget as it starts a job.
         found: list[tuple[Outcome, bool] | None] = [None] * len(jobs)
-        await self._turn.acquire()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._turn.release()
 
         def take_turns() -> Iterator[int]:
             for index in range(len(jobs)):
                 if index == len(jobs) - 1:
-                    release()  # the last mail of this batch is starting: the next batch may
+                    turn.pass_on()  # the last mail of this batch is starting: the next may
                 yield index
 
         turns = take_turns()
@@ -389,10 +411,7 @@ class _SubscriberChannel:
                 found[index] = await self._send_one(jobs[index], deadline)
 
         senders = min(len(jobs), 2 * self.mailer.options.smtp.connections)
-        try:
-            await asyncio.gather(*(sender() for _ in range(senders)))
-        finally:
-            release()
+        await asyncio.gather(*(sender() for _ in range(senders)))
         results = [r for r in found if r is not None]
         outcomes = [outcome for outcome, _ in results]
         # only addresses with hard failures on record need a reset after a success
@@ -481,20 +500,22 @@ class EmailChannel(_SubscriberChannel):
         return [s.key for s in await self._matching(conn, event, mailstore.IMMEDIATE)]
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        ids = {d.id: mailstore.subscriber_id(d.recipient) for d in deliveries}
-        active, skipped = await self._load(deliveries, ids)
-        mails: dict[str, EventMails] = {}
-        now = _now()
-        jobs = []
-        for delivery in deliveries:
-            sub = active.get(delivery.id)
-            if sub is None:
-                continue
-            mail = mails.get(delivery.event_id)
-            if mail is None:
-                mail = mails[delivery.event_id] = self._event_mails(delivery)
-            jobs.append(_Job(delivery, sub, functools.partial(mail.build, sub, now)))
-        return await self._send_jobs(jobs, skipped)
+        deadline = self._deadline()
+        async with self.turn() as turn:
+            ids = {d.id: mailstore.subscriber_id(d.recipient) for d in deliveries}
+            active, skipped = await self._load(deliveries, ids)
+            mails: dict[str, EventMails] = {}
+            now = _now()
+            jobs = []
+            for delivery in deliveries:
+                sub = active.get(delivery.id)
+                if sub is None:
+                    continue
+                mail = mails.get(delivery.event_id)
+                if mail is None:
+                    mail = mails[delivery.event_id] = self._event_mails(delivery)
+                jobs.append(_Job(delivery, sub, functools.partial(mail.build, sub, now)))
+            return await self._send_jobs(jobs, skipped, deadline=deadline, turn=turn)
 
     def _event_mails(self, delivery: Delivery) -> EventMails:
         """The event's mail, rendered once per event and process (batches share it)."""
@@ -518,23 +539,24 @@ class DigestChannel(_SubscriberChannel):
         return []
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        digests = {}
-        for delivery in deliveries:
-            found = await mailstore.digest(self.engine, delivery.recipient)
-            if found is not None:
-                digests[delivery.id] = found
-        ids = {d.id: digests[d.id][0] if d.id in digests else None for d in deliveries}
-        active, skipped = await self._load(deliveries, ids)
-        now = _now()
-        jobs = []
-        for delivery in deliveries:
-            sub = active.get(delivery.id)
-            if sub is not None:
-                views = [event_view(p) for p in digests[delivery.id][1]]
-                jobs.append(
-                    _Job(delivery, sub, _digest_builder(self.mailer, delivery, views, sub, now))
-                )
-        return await self._send_jobs(jobs, skipped)
+        deadline = self._deadline()
+        async with self.turn() as turn:
+            digests = {}
+            for delivery in deliveries:
+                found = await mailstore.digest(self.engine, delivery.recipient)
+                if found is not None:
+                    digests[delivery.id] = found
+            ids = {d.id: digests[d.id][0] if d.id in digests else None for d in deliveries}
+            active, skipped = await self._load(deliveries, ids)
+            now = _now()
+            jobs = []
+            for delivery in deliveries:
+                sub = active.get(delivery.id)
+                if sub is not None:
+                    views = [event_view(p) for p in digests[delivery.id][1]]
+                    build = _digest_builder(self.mailer, delivery, views, sub, now)
+                    jobs.append(_Job(delivery, sub, build))
+            return await self._send_jobs(jobs, skipped, deadline=deadline, turn=turn)
 
 
 def _digest_builder(
