@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from warnsvc.errors import SourceParseError, SourceUnavailableError
 from warnsvc.model import Observation, Scale
@@ -26,6 +26,9 @@ from warnsvc.sources.text import decode_body
 from warnsvc.store.db import CachedPage
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+R_contra = TypeVar("R_contra", contravariant=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,3 +148,91 @@ class SourceKind:
     parse_with: Callable[[Any], ParseFunction] | None = None
     """The parse function with a source's YAML settings (``warnsvc parse --source``); None when
     the kind takes no parse settings."""
+
+
+class RulesParser(Protocol[R_contra]):
+    """A pure parse function that reads a document per ``rules`` taken from the YAML."""
+
+    def __call__(
+        self,
+        body: str,
+        *,
+        url: str | None,
+        content_type: str | None,
+        scale: Scale,
+        namespace: str,
+        rules: R_contra,
+    ) -> list[Observation]: ...
+
+
+class RulesSource(Generic[R]):
+    """A polling source that fetches one URL and reads it with a rules-driven parser."""
+
+    def __init__(
+        self, info: SourceInfo, loader: PageLoader, url: str, parse: RulesParser[R], rules: R
+    ) -> None:
+        self.info = info
+        self.loader = loader
+        self.url = url
+        self.parse = parse
+        self.rules = rules
+
+    async def poll(self) -> list[Observation]:
+        page = await self.loader.load(self.url)
+        with about(self.url):
+            return self.parse(
+                page.text,
+                url=page.url,
+                content_type=page.content_type,
+                scale=self.info.scale,
+                namespace=self.info.namespace,
+                rules=self.rules,
+            )
+
+
+def rules_kind(
+    *,
+    kind: str,
+    description: str,
+    default_namespace: str,
+    parse: RulesParser[R],
+    default_rules: R,
+    rules_from_settings: Callable[[Any], R],
+    default_scale: str = "gcr2p",
+) -> SourceKind:
+    """The :class:`SourceKind` of a declarative source (``feed``, ``page``, ``json``): its
+    parse function with default rules, with a source's rules, and its polling source."""
+
+    def with_rules(rules: R) -> ParseFunction:
+        def parse_document(
+            body: str,
+            *,
+            url: str | None,
+            content_type: str | None,
+            scale: Scale,
+            namespace: str,
+        ) -> list[Observation]:
+            return parse(
+                body,
+                url=url,
+                content_type=content_type,
+                scale=scale,
+                namespace=namespace,
+                rules=rules,
+            )
+
+        return parse_document
+
+    def build(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
+        info = replace(info, authoritative=bool(settings.authoritative))
+        return RulesSource(info, loader, str(settings.url), parse, rules_from_settings(settings))
+
+    return SourceKind(
+        kind=kind,
+        description=description,
+        default_namespace=default_namespace,
+        default_scale=default_scale,
+        parse=with_rules(default_rules),
+        parse_with=lambda settings: with_rules(rules_from_settings(settings)),
+        build=build,
+    )

@@ -27,7 +27,7 @@ import calendar
 import io
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree.ElementTree import Element
@@ -36,7 +36,7 @@ import feedparser
 
 from warnsvc.errors import SourceParseError
 from warnsvc.model import Observation, Scale, Status
-from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
+from warnsvc.sources.base import rules_kind
 from warnsvc.sources.items import (
     LevelMap,
     day_of,
@@ -276,28 +276,6 @@ def _plain(summary: str) -> str:
 # -- the polling source ------------------------------------------------------------------------
 
 
-class FeedSource:
-    """One feed, polled: every readable entry is an observation."""
-
-    def __init__(self, info: SourceInfo, loader: PageLoader, url: str, rules: FeedRules) -> None:
-        self.info = info
-        self.loader = loader
-        self.url = url
-        self.rules = rules
-
-    async def poll(self) -> list[Observation]:
-        page = await self.loader.load(self.url)
-        with about(self.url):
-            return parse_feed(
-                page.text,
-                url=page.url,
-                content_type=page.content_type,
-                scale=self.info.scale,
-                namespace=self.info.namespace,
-                rules=self.rules,
-            )
-
-
 def value_rule(settings: Any) -> ValueRule:
     """A :class:`ValueRule` from its YAML settings (field, element, attribute, regex)."""
     regex = getattr(settings, "regex", None)
@@ -321,38 +299,14 @@ def rules_from_settings(settings: Any) -> FeedRules:
     )
 
 
-def _parse_with(settings: Any) -> Any:
-    rules = rules_from_settings(settings)
-
-    def parse(
-        body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-    ) -> list[Observation]:
-        return parse_feed(
-            body, url=url, content_type=content_type, scale=scale, namespace=namespace, rules=rules
-        )
-
-    return parse
-
-
-def _build(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
-    info = replace(info, authoritative=bool(settings.authoritative))
-    return FeedSource(info, loader, str(settings.url), rules_from_settings(settings))
-
-
-def _parse_default(
-    body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-) -> list[Observation]:
-    return parse_feed(body, url=url, content_type=content_type, scale=scale, namespace=namespace)
-
-
-KIND = SourceKind(
+KIND = rules_kind(
     kind="feed",
     description="an RSS or Atom feed: one situation per entry; id, name and level per the YAML",
     default_namespace="feed",
     default_scale="gdacs",
-    parse=_parse_default,
-    parse_with=_parse_with,
-    build=_build,
+    parse=parse_feed,
+    default_rules=DEFAULT_RULES,
+    rules_from_settings=rules_from_settings,
 )
 
 __all__: Sequence[str] = ("DEFAULT_RULES", "KIND", "FeedRules", "ValueRule", "parse_feed")

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from warnsvc.errors import NoRiskInformationError, SourceParseError
 from warnsvc.model import Observation, Scale, Status
-from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
+from warnsvc.sources.base import rules_kind
 from warnsvc.sources.items import (
     LevelMap,
     day_of,
@@ -157,26 +157,6 @@ def _observe(item: Any, rules: JsonRules, levels: LevelMap, namespace: str) -> O
 # -- the polling source ------------------------------------------------------------------------
 
 
-class JsonSource:
-    def __init__(self, info: SourceInfo, loader: PageLoader, url: str, rules: JsonRules) -> None:
-        self.info = info
-        self.loader = loader
-        self.url = url
-        self.rules = rules
-
-    async def poll(self) -> list[Observation]:
-        page = await self.loader.load(self.url)
-        with about(self.url):
-            return parse_json(
-                page.text,
-                url=page.url,
-                content_type=page.content_type,
-                scale=self.info.scale,
-                namespace=self.info.namespace,
-                rules=self.rules,
-            )
-
-
 def rules_from_settings(settings: Any) -> JsonRules:
     fields = settings.fields
 
@@ -195,33 +175,11 @@ def rules_from_settings(settings: Any) -> JsonRules:
     )
 
 
-def _parse_with(settings: Any) -> Any:
-    rules = rules_from_settings(settings)
-
-    def parse(
-        body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-    ) -> list[Observation]:
-        return parse_json(body, url=url, scale=scale, namespace=namespace, rules=rules)
-
-    return parse
-
-
-def _parse_default(
-    body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-) -> list[Observation]:
-    return parse_json(body, url=url, scale=scale, namespace=namespace)
-
-
-def _build(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
-    info = replace(info, authoritative=bool(settings.authoritative))
-    return JsonSource(info, loader, str(settings.url), rules_from_settings(settings))
-
-
-KIND = SourceKind(
+KIND = rules_kind(
     kind="json",
     description="a JSON API: a path to the list of items, paths to id, name, level and date",
     default_namespace="json",
-    parse=_parse_default,
-    parse_with=_parse_with,
-    build=_build,
+    parse=parse_json,
+    default_rules=DEFAULT_RULES,
+    rules_from_settings=rules_from_settings,
 )

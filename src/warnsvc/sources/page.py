@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
@@ -30,7 +30,7 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from warnsvc.errors import NoRiskInformationError, SourceParseError
 from warnsvc.model import Observation, Scale, Status
-from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
+from warnsvc.sources.base import rules_kind
 from warnsvc.sources.items import (
     LevelMap,
     day_of,
@@ -215,26 +215,6 @@ def _link(block: LexborNode, rules: PageRules, url: str | None) -> str | None:
 # -- the polling source ------------------------------------------------------------------------
 
 
-class PageSource:
-    def __init__(self, info: SourceInfo, loader: PageLoader, url: str, rules: PageRules) -> None:
-        self.info = info
-        self.loader = loader
-        self.url = url
-        self.rules = rules
-
-    async def poll(self) -> list[Observation]:
-        page = await self.loader.load(self.url)
-        with about(self.url):
-            return parse_page(
-                page.text,
-                url=page.url,
-                content_type=page.content_type,
-                scale=self.info.scale,
-                namespace=self.info.namespace,
-                rules=self.rules,
-            )
-
-
 def selector(settings: Any) -> Selector:
     regex = getattr(settings, "regex", None)
     return Selector(
@@ -262,35 +242,13 @@ def rules_from_settings(settings: Any) -> PageRules:
     )
 
 
-def _parse_with(settings: Any) -> Any:
-    rules = rules_from_settings(settings)
-
-    def parse(
-        body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-    ) -> list[Observation]:
-        return parse_page(body, url=url, scale=scale, namespace=namespace, rules=rules)
-
-    return parse
-
-
-def _parse_default(
-    body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-) -> list[Observation]:
-    return parse_page(body, url=url, scale=scale, namespace=namespace)
-
-
-def _build(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
-    info = replace(info, authoritative=bool(settings.authoritative))
-    return PageSource(info, loader, str(settings.url), rules_from_settings(settings))
-
-
-KIND = SourceKind(
+KIND = rules_kind(
     kind="page",
     description="any HTML page: CSS selectors or regexes for title, level, date and summary",
     default_namespace="page",
-    parse=_parse_default,
-    parse_with=_parse_with,
-    build=_build,
+    parse=parse_page,
+    default_rules=DEFAULT_RULES,
+    rules_from_settings=rules_from_settings,
 )
 
 __all__ = ["DEFAULT_RULES", "KIND", "PageRules", "Selector", "parse_page"]
