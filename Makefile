@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make run    set up .venv, install warnsvc, and run it on config/warnsvc.yaml
 #   make test   set up .venv with the dev tools, then lint, type-check and run every test
-# Only Python 3.11+ and make are needed.
+# Only Python 3.11+ and make are needed: make test installs the PostgreSQL server binaries its
+# throw-away test server needs (scripts/ensure-postgres, docs/testing.md) when they are missing.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -35,6 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
+	scripts/ensure-postgres
 	$(BIN)/pytest
 
 bench: $(STAMP)
