@@ -117,3 +117,43 @@ async def site(aiohttp_server) -> Site:
     app.router.add_route("GET", "/{tail:.*}", state.handle)
     state.server = await aiohttp_server(app)
     return state
+
+
+# -- The throw-away PostgreSQL server (tests/pgserver.py, docs/testing.md) ----------------------
+
+import re  # noqa: E402
+import secrets  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+
+from tests.pgserver import PostgresServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole session, started on first use.
+
+    ``$WARNSVC_TEST_PG_URL`` if set, else a throw-away server. One that cannot start raises, so
+    every test asking for it errors: a missing PostgreSQL fails the run, it never skips.
+    """
+    server = PostgresServer.for_tests()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The ``postgresql+asyncpg://`` URL of a new, empty database for this test alone."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")
+    name = f"t{secrets.token_hex(3)}_{slug}"[:63]
+    url = postgres.new_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the server ``postgres``, so ``-m postgres`` selects them all."""
+    for item in items:
+        if "postgres" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
