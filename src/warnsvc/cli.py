@@ -27,7 +27,7 @@ from typing import Any
 
 from warnsvc import __version__
 from warnsvc.config import Settings, load_config
-from warnsvc.errors import ConfigError, SourceError, WarnsvcError
+from warnsvc.errors import ConfigError, SourceError, StoreUnavailableError, WarnsvcError
 from warnsvc.logs import setup_logging
 from warnsvc.model import Event, Observation
 from warnsvc.pipeline import PollReport
@@ -128,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    except StoreUnavailableError as exc:  # a wrong storage.url: the operator's to fix
+        print(f"warnsvc: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -282,6 +282,9 @@ def _database_url(value: str) -> str:
     if url.drivername in _ASYNC_DRIVERS:
         example = _ASYNC_DRIVERS[url.drivername]
         raise ValueError(f"needs an async driver: write '{example}://...', not '{url.drivername}'")
+    if url.drivername not in _ASYNC_DRIVERS.values():
+        supported = " or ".join(f"'{d}://...'" for d in _ASYNC_DRIVERS.values())
+        raise ValueError(f"warnsvc runs on {supported}, not '{url.drivername}'")
     return value
 
 
@@ -342,6 +345,8 @@ class StorageSettings(_Section):
 
     url: Annotated[str, AfterValidator(_database_url)] = "sqlite+aiosqlite:///data/warnsvc.db"
     retention: Annotated[float, _duration(minimum=3600)] = 30 * 86_400.0
+    failover: Annotated[float, _duration(minimum=3)] = 30.0
+    """PostgreSQL: the longest time replicas go without a leader after it dies or is cut off."""
 
 
 class DetectionSettings(_Section):

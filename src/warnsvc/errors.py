@@ -14,6 +14,8 @@ Every error the service raises on purpose derives from :class:`WarnsvcError`::
     │       ├── UnknownLevelError       a level name that the scale does not know
     │       └── UnsafeXmlError          XML with a DTD, entity declarations or external references
     ├── StoreError                  the database refused or is unreachable
+    │   ├── StoreUnavailableError   cannot connect (wrong password, host or database)
+    │   └── StoreConflictError      another replica wrote the same change first
     └── DeliveryError               a channel could not deliver
         ├── TransientDeliveryError  try again later (timeouts, 5xx, 429)
         └── PermanentDeliveryError  give up on this delivery (4xx, invalid recipient)
@@ -99,6 +101,14 @@ class UnsafeXmlError(SourceParseError):
 
 class StoreError(WarnsvcError):
     """The store failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached."""
+
+
+class StoreConflictError(StoreError):
+    """Another replica recorded this change first; nothing was written."""
 
 
 class DeliveryError(WarnsvcError):

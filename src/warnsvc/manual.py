@@ -17,8 +17,8 @@ from datetime import datetime
 
 from warnsvc.config import Settings
 from warnsvc.errors import WarnsvcError
-from warnsvc.model import Event, EventType, Level, Scale, SituationState, Status
-from warnsvc.pipeline import Routing, new_event_id
+from warnsvc.model import Event, EventType, Level, Scale, SituationState, Status, new_event_id
+from warnsvc.pipeline import Routing
 from warnsvc.service import Components
 
 

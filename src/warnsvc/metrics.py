@@ -13,6 +13,7 @@ right even for rows written by another process (``warnsvc publish``) or left by 
     warnsvc_delivery_latency_seconds{channel}   event detected -> delivered (histogram)
     warnsvc_config_reloads_total{result}        ok, failed
     warnsvc_source_healthy{source}              1 healthy, 0 failing
+    warnsvc_leader                              1 when this replica leads (polls), else 0
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ SOURCE_HEALTHY = Gauge(
     "warnsvc_source_healthy",
     "1 when the source's last poll succeeded, else 0.",
     ["source"],
+    registry=REGISTRY,
+)
+
+LEADER = Gauge(
+    "warnsvc_leader",
+    "1 when this replica is the leader (it polls, confirms, builds digests, prunes), else 0.",
     registry=REGISTRY,
 )
 

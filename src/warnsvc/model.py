@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,6 +245,9 @@ class SituationState:
     pending_status: Status | None = None
     pending_count: int = 0
     pending_since: datetime | None = None
+    revision: int = 0
+    """How many events the situation has had; an event records the revision it moved on from,
+    and the store refuses a second event from the same revision (one change, one event)."""
 
     @property
     def has_pending(self) -> bool:
@@ -324,3 +328,8 @@ class Event:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def new_event_id(now: datetime) -> str:
+    """A unique, time-ordered event id: ``evt_`` + milliseconds (hex) + 64 random bits."""
+    return f"evt_{int(now.timestamp() * 1000):012x}{secrets.token_hex(8)}"

@@ -1,7 +1,7 @@
 """Operator alerts: tell the people who run warnsvc when something breaks, once per change.
 
-Notices are recorded where the trouble is seen, in the ``operator_notices`` table (webhook
-endpoints that get disabled are recorded in ``webhook_notices``, with the partner's contact):
+Notices are recorded where the trouble is seen, in the store's ``notices`` (a disabled webhook
+endpoint's notice may name the partner's contact instead of the operators):
 
     source.unhealthy        a source failed ``detection.failure_threshold`` polls in a row
     source.recovered        ... and then succeeded again
@@ -20,29 +20,28 @@ these: subscribers and partners never see operators' notices.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from sqlalchemy import and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.channels.base import Outcome
 from warnsvc.channels.webhooks import encode_payload, sign_payload
 from warnsvc.config import Settings
 from warnsvc.errors import SourceError, UnknownLevelError
 from warnsvc.mail.smtp import SendError, SmtpPool
-from warnsvc.mail.store import add_notice
-from warnsvc.model import Event
+from warnsvc.model import Event, new_event_id
 from warnsvc.outbox import DEAD, Delivery
-from warnsvc.store import schema
-from warnsvc.store.db import OPERATOR_NOTICE, SourceHealth
-from warnsvc.store.webhooks import OPERATORS, secret_key
+from warnsvc.store.db import SourceHealth, Store
+from warnsvc.store.notices import OPERATOR_NOTICE, Notice, NoticeStore
+from warnsvc.store.webhooks import secret_key
+
+if TYPE_CHECKING:
+    from warnsvc.store.db import RouteContext
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +49,11 @@ OPERATORS_CHANNEL = "operators"
 NOTICE_TYPE = OPERATOR_NOTICE
 
 
-async def record_notice(
-    engine: AsyncEngine, *, kind: str, subject: str, detail: dict[str, Any], now: datetime
-) -> None:
-    async with engine.begin() as conn:
-        await add_notice(conn, kind=kind, subject=subject, detail=detail, now=now)
-
-
 class SourceAlerts:
     """Notices about sources, decided from their health before and after each poll."""
 
-    def __init__(self, engine: AsyncEngine, *, threshold: int) -> None:
-        self.engine = engine
+    def __init__(self, notices: NoticeStore, *, threshold: int) -> None:
+        self.notices = notices
         self.threshold = threshold
 
     async def failed(
@@ -74,8 +66,7 @@ class SourceAlerts:
     ) -> None:
         sid = after.source_id
         if after.consecutive_failures == self.threshold:
-            await record_notice(
-                self.engine,
+            await self.notices.record(
                 kind="source.unhealthy",
                 now=now,
                 subject=f"source {sid} is failing: {after.consecutive_failures} polls in a row",
@@ -88,8 +79,7 @@ class SourceAlerts:
         if isinstance(error, UnknownLevelError) and (
             before is None or before.last_error != after.last_error
         ):
-            await record_notice(
-                self.engine,
+            await self.notices.record(
                 kind="source.unknown_level",
                 now=now,
                 subject=f"source {sid} printed {error.name!r}, a level outside scale {error.scale}",
@@ -110,8 +100,7 @@ class SourceAlerts:
         now: datetime,
     ) -> None:
         if before is not None and before.consecutive_failures >= self.threshold:
-            await record_notice(
-                self.engine,
+            await self.notices.record(
                 kind="source.recovered",
                 now=now,
                 subject=f"source {source_id} recovered after {before.consecutive_failures} "
@@ -122,8 +111,7 @@ class SourceAlerts:
         previous = getattr(before, "last_warning", None) or ""
         fresh = [w for w in unknown if w not in previous]
         if fresh:
-            await record_notice(
-                self.engine,
+            await self.notices.record(
                 kind="source.unknown_level",
                 now=now,
                 subject=f"source {source_id} skipped items with a level outside its scale",
@@ -132,118 +120,42 @@ class SourceAlerts:
 
 
 class NoticeForwarder:
-    """Queue every new notice for the operators (and a disabled endpoint's partner contact)."""
+    """Queue every new notice for the operators (or a disabled endpoint's partner contact)."""
 
-    def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
-        self.engine = engine
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
         self.settings = settings
 
     def operator_recipients(self) -> list[str]:
         ops = self.settings.operators
         return [f"mailto:{a}" for a in ops.emails] + [str(w.url) for w in ops.webhooks]
 
+    def routes(self, notice: Notice) -> dict[str, list[str]]:
+        if notice.recipient is None:
+            return {OPERATORS_CHANNEL: self.operator_recipients()}
+        email_ready = self.settings.email is not None and self.settings.email.enabled
+        contact = notice.recipient
+        return {OPERATORS_CHANNEL: [f"mailto:{contact}"] if email_ready and "@" in contact else []}
+
     async def forward(self, *, now: datetime) -> int:
         """Turn new notices into operator events with their outbox rows. Returns how many."""
-        done = 0
-        notices = schema.operator_notices
-        async with self.engine.connect() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        select(notices)
-                        .where(notices.c.forwarded_at.is_(None))
-                        .order_by(notices.c.id)
-                        .limit(100)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-        for row in rows:
-            payload = _payload(
-                f"ntc_{row['id']}", row["kind"], row["subject"], row["detail"], row["created_at"]
-            )
-            async with self.engine.begin() as conn:
-                marked = await conn.execute(
-                    update(notices)
-                    .where(and_(notices.c.id == row["id"], notices.c.forwarded_at.is_(None)))
-                    .values(forwarded_at=now)
-                )
-                if marked.rowcount:
-                    await _queue(conn, payload, self.operator_recipients(), now=now)
-                    done += 1
-        return done + await self._forward_webhook_notices(now=now)
-
-    async def _forward_webhook_notices(self, *, now: datetime) -> int:
-        table = schema.webhook_notices
-        async with self.engine.connect() as conn:
-            rows = (
-                (
-                    await conn.execute(
-                        select(table)
-                        .where(table.c.sent_at.is_(None))
-                        .order_by(table.c.id)
-                        .limit(100)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-        email_ready = self.settings.email is not None and self.settings.email.enabled
-        for row in rows:
-            if row["recipient"] == OPERATORS:
-                recipients = self.operator_recipients()
-            else:
-                contact = str(row["recipient"])
-                recipients = [f"mailto:{contact}"] if email_ready and "@" in contact else []
-            payload = _payload(
-                f"ntc_w{row['id']}",
-                row["kind"],
-                row["message"],
-                {"endpoint": row["endpoint_id"], "partner": row["partner_id"]},
-                row["created_at"],
-            )
-            async with self.engine.begin() as conn:
-                marked = await conn.execute(
-                    update(table)
-                    .where(and_(table.c.id == row["id"], table.c.sent_at.is_(None)))
-                    .values(sent_at=now)
-                )
-                if marked.rowcount:
-                    await _queue(conn, payload, recipients, now=now)
-        return len(rows)
+        return await self.store.notices.forward(
+            self.routes, _payload, new_id=lambda: new_event_id(now), now=now
+        )
 
     async def check_dead_letters(self, *, now: datetime) -> int:
         """A notice per channel whose dead letters grew by ``operators.dead_letters``."""
         threshold = self.settings.operators.dead_letters
-        outbox, notices = schema.outbox, schema.operator_notices
-        async with self.engine.connect() as conn:
-            dead: dict[str, int] = dict(
-                (
-                    await conn.execute(
-                        select(outbox.c.channel, func.count())
-                        .where(outbox.c.status == DEAD)
-                        .group_by(outbox.c.channel)
-                    )
-                ).all()
-            )
-            told = [
-                r.detail
-                for r in (
-                    await conn.execute(
-                        select(notices.c.detail)
-                        .where(notices.c.kind == "outbox.dead_letters")
-                        .order_by(notices.c.id)
-                    )
-                ).all()
-            ]
-        last = {d.get("channel"): int(d.get("dead", 0)) for d in told}
+        dead = {
+            c: n for (c, state), n in (await self.store.outbox.counts()).items() if state == DEAD
+        }
+        told = await self.store.notices.recent(kind="outbox.dead_letters", limit=1000)
+        last = {n.detail.get("channel"): int(n.detail.get("dead", 0)) for n in reversed(told)}
         raised = 0
         for channel, count in sorted(dead.items()):
             if channel == OPERATORS_CHANNEL or count < last.get(channel, 0) + threshold:
                 continue
-            await record_notice(
-                self.engine,
+            await self.store.notices.record(
                 kind="outbox.dead_letters",
                 now=now,
                 subject=f"{count} {channel} deliveries are dead-lettered; see `warnsvc status`",
@@ -253,60 +165,17 @@ class NoticeForwarder:
         return raised
 
 
-def _payload(
-    notice_id: str, kind: str, subject: str, detail: Any, created: datetime
-) -> dict[str, Any]:
-    moment = created.isoformat().replace("+00:00", "Z")
+def _payload(notice: Notice) -> dict[str, Any]:
+    moment = notice.created_at.isoformat().replace("+00:00", "Z")
     return {
-        "id": notice_id,
+        "id": f"ntc_{notice.id}",
         "type": NOTICE_TYPE,
-        "kind": kind,
-        "subject": subject,
-        "detail": detail or {},
+        "kind": notice.kind,
+        "subject": notice.subject,
+        "detail": notice.detail,
         "occurred_at": moment,
         "detected_at": moment,
     }
-
-
-async def _queue(
-    conn: AsyncConnection, payload: dict[str, Any], recipients: Sequence[str], *, now: datetime
-) -> None:
-    event_id = f"evt_{int(now.timestamp() * 1000):012x}{secrets.token_hex(8)}"
-    payload = {**payload, "event_id": event_id}
-    await conn.execute(
-        schema.events.insert().values(
-            id=event_id,
-            type=NOTICE_TYPE,
-            source_id="warnsvc",
-            situation_id=None,
-            occurred_at=now,
-            detected_at=now,
-            payload=payload,
-        )
-    )
-    if recipients:
-        await conn.execute(
-            schema.outbox.insert(),
-            [
-                {
-                    "event_id": event_id,
-                    "channel": OPERATORS_CHANNEL,
-                    "recipient": r,
-                    "status": "pending",
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for r in recipients
-            ],
-        )
-    log.warning(
-        "operator notice queued for %d recipient(s): %s",
-        len(recipients),
-        payload["subject"],
-        extra={"action": "operator_notice_queued", "event": event_id, "kind": payload["kind"]},
-    )
 
 
 class OperatorChannel:
@@ -323,7 +192,7 @@ class OperatorChannel:
         self.settings = settings
         await self.close_pool()
 
-    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
         return []  # only the forwarder queues notices; no event is routed here
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:

@@ -14,30 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from warnsvc import metrics
 from warnsvc.channels.base import Channel, Outcome
 from warnsvc.detect import Detection, DetectionPolicy, build_event, detect_changes
-from warnsvc.errors import SourceError, StoreError
-from warnsvc.model import Event, Observation, SituationState
-from warnsvc.outbox import Delivery, Outbox, RetryPolicy
+from warnsvc.errors import SourceError, StoreConflictError, StoreError
+from warnsvc.model import Event, Observation, SituationState, new_event_id
+from warnsvc.outbox import Delivery, RetryPolicy
 from warnsvc.sources.base import Source
-from warnsvc.store.db import HistoryEntry, Recipients, SourceHealth, Store
+from warnsvc.store.db import HistoryEntry, Recipients, RouteContext, SourceHealth, Store
+from warnsvc.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
-
-
-def new_event_id(now: datetime) -> str:
-    """A unique, time-ordered event id: ``evt_`` + milliseconds (hex) + 64 random bits."""
-    return f"evt_{int(now.timestamp() * 1000):012x}{secrets.token_hex(8)}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -61,8 +53,10 @@ class Routing:
     def __init__(self, channels: Mapping[str, Channel]) -> None:
         self.channels = channels
 
-    async def __call__(self, conn: AsyncConnection, event: Event) -> dict[str, list[str]]:
-        return {name: list(await ch.recipients(conn, event)) for name, ch in self.channels.items()}
+    async def __call__(self, routes: RouteContext, event: Event) -> dict[str, list[str]]:
+        return {
+            name: list(await ch.recipients(routes, event)) for name, ch in self.channels.items()
+        }
 
 
 class SourceAlertsLike(Protocol):
@@ -152,7 +146,16 @@ class Poller:
             for c in detection.changes
         ]
         if not dry_run:
-            await self._record(source, detection, report, now=now)
+            try:
+                await self._record(source, detection, report, now=now)
+            except StoreConflictError as exc:
+                # another replica (a leader that has just lost the lead) wrote this change
+                # first: nothing of this poll was written, the next one reads the new state
+                log.warning("%s", exc, extra={"action": "poll_conflict", "source": sid})
+                report.ok = False
+                report.error = str(exc)
+                report.events, report.pending = [], []
+                return report
             if self.alerts is not None:
                 await self.alerts.succeeded(before, sid, report.skipped, now=now)
         return report
@@ -368,7 +371,7 @@ class Dispatcher:
     ) -> list[Delivery]:
         try:
             return await self.outbox.claim(name, now=_now(), limit=size, lease=lease, due_by=due_by)
-        except (StoreError, SQLAlchemyError) as exc:
+        except StoreError as exc:
             log.error(
                 "dispatcher cannot reach the store: %s",
                 exc,
@@ -383,10 +386,10 @@ class Dispatcher:
         except asyncio.CancelledError:
             # Shutdown overran its deadline: give back what was not recorded (rows already
             # recorded are no longer in flight, so release leaves them alone).
-            with contextlib.suppress(StoreError, SQLAlchemyError):
+            with contextlib.suppress(StoreError):
                 await self.outbox.release([d.id for d in claimed], now=_now())
             raise
-        except (StoreError, SQLAlchemyError) as exc:
+        except StoreError as exc:
             log.error(
                 "cannot record deliveries: %s; they will be retried when their lease ends",
                 exc,

@@ -1,10 +1,12 @@
-"""Wiring and lifecycle: store, sources, poller, dispatcher, scheduler and web app.
+"""Wiring and lifecycle: store, sources, poller, dispatcher, scheduler, cluster and web app.
 
 :class:`Service` is built from :class:`~warnsvc.config.Settings`. ``start()`` opens the store
 (migrations run on start), makes the HTTP session and the sources, starts the dispatcher, the
-scheduler (one interval job per source, with jitter, no overlapping runs, coalesced misfires;
-a one-off confirmation re-fetch when a change awaits confirmation) and the web app.
-``stop()`` undoes it in reverse order within the shutdown timeout.
+scheduler, the web app and the :class:`~warnsvc.cluster.Cluster`. Every replica dispatches and
+serves; only the leader has scheduler jobs (one interval job per source, with jitter, no
+overlapping runs, coalesced misfires; a one-off confirmation re-fetch when a change awaits
+confirmation; retention; operator notices) and builds email digests. With SQLite the one
+process leads. ``stop()`` undoes it in reverse order within the shutdown timeout.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from warnsvc.channels.base import Channel
 from warnsvc.channels.email import DIGEST_CHANNEL, EMAIL_CHANNEL
 from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
 from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
+from warnsvc.cluster import Cluster
 from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
-from warnsvc.errors import ConfigError
+from warnsvc.errors import ConfigError, StoreError
 from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
-from warnsvc.outbox import Outbox, RetryPolicy
+from warnsvc.outbox import RetryPolicy
 from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
 from warnsvc.reconfigure import email_added, reconfigure_email, reconfigure_webhooks
 from warnsvc.reload import ConfigWatcher, ReloadPlan, plan_reload
@@ -43,6 +46,7 @@ from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
 from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
+from warnsvc.store.outbox import Outbox
 from warnsvc.web.api import WebhookApi, make_api
 from warnsvc.web.app import make_app
 from warnsvc.webhook_wiring import Webhooks, build_webhooks
@@ -172,14 +176,14 @@ async def build_components(
     routed = dict(channels)  # operators' notices are queued by the forwarder, never routed
     channels[OPERATORS_CHANNEL] = operators
     poller = Poller(store, sources, policy, Routing(routed))
-    poller.alerts = SourceAlerts(store.engine, threshold=settings.detection.failure_threshold)
-    outbox = Outbox(store.engine)
+    poller.alerts = SourceAlerts(store.notices, threshold=settings.detection.failure_threshold)
+    outbox = store.outbox
     grace = settings.service.shutdown_timeout * 0.6  # then in-flight sends are released
     dispatcher = Dispatcher(outbox, channels, RetryPolicy(), grace=grace)
     parts = Components(settings, store, {}, sources, poller, outbox, dispatcher, feeds, webhooks)
     parts.email = email
     parts.operators = operators
-    parts.notices = NoticeForwarder(store.engine, settings)
+    parts.notices = NoticeForwarder(store, settings)
     for config in settings.sources if with_sources else []:
         if (only is None and config.enabled) or config.id == only:
             parts.add_source(settings, config)
@@ -204,35 +208,33 @@ class Service:
         self._background: set[asyncio.Task[bool]] = set()
         self._dead_letters_checked = 0.0
         self.webhook_api: WebhookApi | None = None
+        self.cluster: Cluster | None = None
+        self._cluster_task: asyncio.Task[None] | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.cluster is not None and self.cluster.leading
 
     async def start(self) -> None:
         self.parts = await build_components(self.settings)
         await self.parts.feeds.rebuild()  # subscribers can fetch empty feeds from the start
         self._dispatch_task = asyncio.create_task(self.parts.dispatcher.run(), name="dispatcher")
         if self.parts.email is not None:
+            self.parts.email.worker.leading = lambda: self.leading  # digests: the leader's
             self.parts.email.start(on_digests=self.parts.dispatcher.wake)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
-        for source_id in self.parts.sources:
-            self._schedule(source_id)
-        self.scheduler.add_job(
-            self.prune,
-            "interval",
-            id="retention",
-            hours=24,
-            next_run_time=_now(),
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self.operator_checks,
-            "interval",
-            id="operator-notices",
-            seconds=5,
-            max_instances=1,
-            coalesce=True,
-        )
         self.scheduler.start()
         await self._start_web()
+        http = self.settings.service.http
+        self.cluster = Cluster(
+            self.parts.store,
+            self.settings,
+            url=f"http://{http.host}:{self.port}",
+            on_lead=self._lead,
+            on_follow=self._follow,
+            on_events=self._follow_events,
+        )
+        self._cluster_task = asyncio.create_task(self.cluster.run(), name="cluster")
         self._write_pid()
         if self.settings.path is not None and self.settings.service.watch_config:
             self.watcher = ConfigWatcher(self.settings.path, self.reload)
@@ -320,8 +322,49 @@ class Service:
             restart.append("email (the section was added)")
         for source_id in (*plan.changed, *plan.added):
             parts.add_source(self.settings, self.settings.source(source_id))
-            self._schedule(source_id)
+            if self.leading:
+                self._schedule(source_id)
+        if self.cluster is not None:
+            self.cluster.reconfigure(self.settings)
         return restart
+
+    async def _lead(self) -> None:
+        """This replica leads now: poll every source at once, then on its interval."""
+        assert self.parts is not None and self.scheduler is not None
+        for source_id in self.parts.sources:
+            self._schedule(source_id)
+        self.scheduler.add_job(
+            self.prune,
+            "interval",
+            id="retention",
+            hours=24,
+            next_run_time=_now(),
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
+        self.scheduler.add_job(
+            self.operator_checks,
+            "interval",
+            id="operator-notices",
+            seconds=5,
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
+
+    async def _follow(self) -> None:
+        """Another replica leads (or none can, the database being away): stop leader work."""
+        if self.scheduler is None or not self.scheduler.running:
+            return
+        for job in self.scheduler.get_jobs():
+            self.scheduler.remove_job(job.id)
+
+    async def _follow_events(self) -> None:
+        """Another replica wrote events: serve them in the feeds, deliver their rows."""
+        assert self.parts is not None
+        self.parts.dispatcher.wake()
+        await self.parts.feeds.rebuild()
 
     async def operator_checks(self) -> None:
         """Queue new operator notices (every few seconds); look at dead letters (every 5 min)."""
@@ -375,6 +418,7 @@ class Service:
             coalesce=True,
             misfire_grace_time=int(config.interval),
             next_run_time=_now(),
+            replace_existing=True,
         )
 
     async def poll_job(self, source_id: str) -> PollReport:
@@ -382,8 +426,19 @@ class Service:
         assert self.parts is not None
         if source_id not in self.parts.sources:  # removed by a reload while queued
             return PollReport(source_id=source_id, ok=False, error="source removed")
+        if not self.leading:  # the lead was lost as this job fired
+            return PollReport(source_id=source_id, ok=False, error="not the leader")
         try:
             report = await self.parts.poller.poll(source_id)
+        except StoreError as exc:
+            # the database is away: nothing was written; the next poll tries again
+            log.error(
+                "poll of %s not recorded: %s",
+                source_id,
+                exc,
+                extra={"action": "poll_not_recorded", "source": source_id},
+            )
+            return PollReport(source_id=source_id, ok=False, error=str(exc))
         except Exception:
             log.exception(
                 "poll of %s crashed",
@@ -420,6 +475,7 @@ class Service:
             readiness=self.readiness,
             title=self.settings.feeds.title,
             metrics=self.metrics,
+            role=lambda: "leader" if self.leading else "follower",
         )
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
@@ -446,6 +502,13 @@ class Service:
         parts = self.parts
         checks["store"] = bool(parts and await parts.store.ping())
         checks["scheduler"] = bool(self.scheduler and self.scheduler.running)
+        cluster = self.cluster
+        checks["replica"] = {
+            "id": cluster.me.id if cluster else None,
+            "role": "leader" if self.leading else "follower",
+            "leader": cluster.view.leader_id if cluster else None,
+            "config_mismatch": cluster.view.mismatch if cluster else None,
+        }
         checks["config"] = {
             "path": str(self.settings.path) if self.settings.path else None,
             "loaded": True,
@@ -458,14 +521,19 @@ class Service:
         tolerated: dict[str, str | None] = {}
         if parts is not None and checks["store"]:
             threshold = self.settings.detection.failure_threshold
-            for health in await parts.store.all_source_health():
+            try:
+                healths = await parts.store.all_source_health()
+            except StoreError:
+                healths, checks["store"] = [], False
+            for health in healths:
                 if health.source_id in parts.sources and health.consecutive_failures >= threshold:
                     critical = self.settings.source(health.source_id).critical
                     (failing if critical else tolerated)[health.source_id] = health.last_error
         checks["sources_failing"] = failing
         checks["sources_failing_tolerated"] = tolerated
         checks["next_polls"] = self._next_polls()
-        ready = checks["store"] and checks["scheduler"] and not failing
+        mismatch = cluster is not None and cluster.view.mismatch is not None
+        ready = checks["store"] and checks["scheduler"] and not failing and not mismatch
         return ready, checks
 
     def _next_polls(self) -> dict[str, str]:
@@ -483,9 +551,13 @@ class Service:
 
     async def metrics(self) -> bytes:
         """The Prometheus exposition, with outbox gauges read from the store now."""
+        metrics.LEADER.set(1 if self.leading else 0)
         if self.parts is not None:
-            counts = await self.parts.outbox.counts()
-            oldest = await self.parts.outbox.oldest_pending()
+            try:
+                counts = await self.parts.outbox.counts()
+                oldest = await self.parts.outbox.oldest_pending()
+            except StoreError:
+                return metrics.render()  # the database is away; counters still answer
             pending: dict[str, int] = {}
             for (channel, state), count in counts.items():
                 if state in ("pending", "in_flight"):
@@ -501,6 +573,12 @@ class Service:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self._cluster_task is not None:
+            self._cluster_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cluster_task
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.parts is not None:

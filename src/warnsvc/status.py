@@ -6,15 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-
 from warnsvc.config import Settings
-from warnsvc.outbox import Outbox
-from warnsvc.store import schema
 from warnsvc.store.db import Store
+from warnsvc.store.replicas import Replica
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,20 +37,35 @@ class SituationStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaStatus:
+    id: str
+    url: str
+    role: str  # leader, follower, gone (no heartbeat for three beats)
+    version: str
+    started_at: datetime
+    seen_at: datetime
+    config_digest: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
     service: dict[str, Any]
     sources: list[SourceStatus]
     situations: list[SituationStatus]
     outbox: dict[str, dict[str, int]]
     oldest_pending: dict[str, datetime] = field(default_factory=dict)
+    replicas: list[ReplicaStatus] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         value: dict[str, Any] = _jsonable(asdict(self))
         return value
 
 
-async def gather(settings: Settings, store: Store, service: dict[str, Any]) -> Status:
-    """Collect the status of every configured source, known situation and outbox channel."""
+async def gather(
+    settings: Settings, store: Store, service: dict[str, Any], *, heartbeat: float = 5.0
+) -> Status:
+    """Collect the status of every configured source, known situation, outbox channel and
+    replica (``heartbeat``: seconds between a replica's beats; three missed: gone)."""
     health = {h.source_id: h for h in await store.all_source_health()}
     next_polls: dict[str, str] = service.get("checks", {}).get("next_polls", {})
     sources = []
@@ -87,19 +99,29 @@ async def gather(settings: Settings, store: Store, service: dict[str, Any]) -> S
         sources=sources,
         situations=await _situations(store),
         outbox=await _outbox(store),
-        oldest_pending=await Outbox(store.engine).oldest_pending(),
+        oldest_pending=await store.outbox.oldest_pending(),
+        replicas=_replicas(await store.replicas.all(), now=datetime.now(UTC), beat=heartbeat),
     )
+
+
+def _replicas(replicas: Sequence[Replica], *, now: datetime, beat: float) -> list[ReplicaStatus]:
+    stale = now - timedelta(seconds=3 * beat)
+    return [
+        ReplicaStatus(
+            id=r.id,
+            url=r.url,
+            role="gone" if r.seen_at < stale else ("leader" if r.leader else "follower"),
+            version=r.version,
+            started_at=r.started_at,
+            seen_at=r.seen_at,
+            config_digest=r.config_digest,
+        )
+        for r in replicas
+    ]
 
 
 async def _situations(store: Store) -> list[SituationStatus]:
-    history = schema.level_history
-    changes = (
-        select(history.c.situation_id, func.max(history.c.recorded_at))
-        .where(history.c.event_id.is_not(None))
-        .group_by(history.c.situation_id)
-    )
-    async with store.engine.connect() as conn:
-        last = {sid: when for sid, when in (await conn.execute(changes)).all()}
+    last = await store.last_changes()
     rows = []
     for state in await store.all_situations():
         pending = None
@@ -122,14 +144,9 @@ async def _situations(store: Store) -> list[SituationStatus]:
 
 
 async def _outbox(store: Store) -> dict[str, dict[str, int]]:
-    table = schema.outbox
-    query = select(table.c.channel, table.c.status, func.count()).group_by(
-        table.c.channel, table.c.status
-    )
     result: dict[str, dict[str, int]] = {}
-    async with store.engine.connect() as conn:
-        for channel, status, count in (await conn.execute(query)).all():
-            result.setdefault(channel, {})[status] = int(count)
+    for (channel, status), count in (await store.outbox.counts()).items():
+        result.setdefault(channel, {})[status] = count
     return result
 
 
@@ -164,6 +181,15 @@ def render_status(status: Status, *, now: datetime) -> str:
         if status.situations
         else ["  (none yet: no successful poll)"]
     )
+    if status.replicas:
+        lines += ["", "REPLICAS"]
+        lines += _table(
+            ["replica", "role", "url", "version", "started", "last heartbeat"],
+            [
+                [r.id, r.role, r.url, r.version, _ago(r.started_at, now), _ago(r.seen_at, now)]
+                for r in status.replicas
+            ],
+        )
     lines += ["", "OUTBOX"]
     states = ["pending", "in_flight", "delivered", "dead"]
     lines += (

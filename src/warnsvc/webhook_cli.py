@@ -65,7 +65,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     store = await Store.open(settings.storage.url)
     try:
-        endpoints = EndpointStore(store.engine)
+        endpoints = store.endpoints
         now = datetime.now(UTC)  # the config's endpoints, as the service would see them
         ranks = level_ranks(settings.scale_map())
         await endpoints.sync_static(static_endpoints(settings, ranks, now=now), now=now)

@@ -114,6 +114,7 @@ class Webhooks:
     """The webhook feature of one running service."""
 
     settings: WebhooksSettings
+    store: Store
     endpoints: EndpointStore
     channel: WebhookChannel
     session: aiohttp.ClientSession
@@ -124,7 +125,7 @@ class Webhooks:
 
     def api(self, wake: Callable[[], None]) -> WebhookApi:
         return WebhookApi(
-            endpoints=self.endpoints,
+            store=self.store,
             keys=self.keys,
             limiter=RateLimiter(self.settings.rate_limit.requests, self.settings.rate_limit.per),
             guard=self.guard,
@@ -141,7 +142,7 @@ async def build_webhooks(settings: Settings, store: Store, *, user_agent: str) -
     """Make the channel and its HTTP pool, and bring the YAML's endpoints into the store."""
     config = settings.webhooks
     ranks = level_ranks(settings.scale_map())
-    endpoints = EndpointStore(store.engine)
+    endpoints = store.endpoints
     await endpoints.sync_static(
         static_endpoints(settings, ranks, now=datetime.now(UTC)), now=datetime.now(UTC)
     )
@@ -160,6 +161,7 @@ async def build_webhooks(settings: Settings, store: Store, *, user_agent: str) -
     )
     return Webhooks(
         settings=config,
+        store=store,
         endpoints=endpoints,
         channel=channel,
         session=session,

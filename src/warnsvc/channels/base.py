@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
-
-from sqlalchemy.ext.asyncio import AsyncConnection
+from typing import TYPE_CHECKING, Protocol
 
 from warnsvc.model import Event
 from warnsvc.outbox import Delivery
+
+if TYPE_CHECKING:
+    from warnsvc.store.db import RouteContext
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +36,7 @@ class Outcome:
 class Channel(Protocol):
     name: str
 
-    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
         """Who of this channel receives ``event`` (read on the event's own transaction)."""
         ...
 

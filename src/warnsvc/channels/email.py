@@ -30,15 +30,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.addresses import format_mailbox
 from warnsvc.channels.base import Outcome
 from warnsvc.errors import StoreError
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.compose import (
     Envelope,
     MailTemplates,
@@ -52,6 +49,11 @@ from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
 from warnsvc.mail.smtp import SendError, SmtpConfig, SmtpPool
 from warnsvc.model import Event, Scale
 from warnsvc.outbox import Delivery, RetryPolicy
+from warnsvc.store import subscriptions as mailstore
+from warnsvc.store.subscriptions import SubscriberStore
+
+if TYPE_CHECKING:
+    from warnsvc.store.db import RouteContext
 
 __all__ = [
     "DIGEST_CHANNEL",
@@ -358,8 +360,10 @@ class _SubscriberChannel:
     batch_size = 200
     parallel_batches = 2
 
-    def __init__(self, engine: AsyncEngine, mailer: Mailer, scales: Mapping[str, Scale]) -> None:
-        self.engine = engine
+    def __init__(
+        self, subscribers: SubscriberStore, mailer: Mailer, scales: Mapping[str, Scale]
+    ) -> None:
+        self.subscribers = subscribers
         self.mailer = mailer
         self.scales = scales
         self.lease = mailer.options.batch_budget + mailer.options.smtp.timeout * 2 + 30
@@ -373,11 +377,11 @@ class _SubscriberChannel:
         """Shutdown: messages not started yet are handed back (not counted as attempts)."""
         self._aborted = True
 
-    async def _matching(self, conn: AsyncConnection, event: Event, mode: str) -> list[Any]:
+    async def _matching(self, routes: RouteContext, event: Event, mode: str) -> list[Any]:
         payload = event.payload()
         verdicts: dict[Filters, bool] = {}  # subscribers share filters: decide each once
         matching = []
-        for sub in await mailstore.active_subscribers(conn, mode):
+        for sub in await routes.active_subscribers(mode):
             verdict = verdicts.get(sub.filters)
             if verdict is None:
                 verdict = verdicts[sub.filters] = sub.filters.matches(payload, self.scales)
@@ -424,8 +428,7 @@ class _SubscriberChannel:
         if not delivered and not rejected:
             return [*skipped, *outcomes]
         try:
-            await mailstore.record_results(
-                self.engine,
+            await self.subscribers.record_results(
                 delivered=delivered,
                 rejected=rejected,
                 suppress_after=self.mailer.options.suppress_after,
@@ -469,7 +472,7 @@ class _SubscriberChannel:
         self, deliveries: Sequence[Delivery], ids: Mapping[int, int | None]
     ) -> tuple[dict[int, mailstore.Subscriber], list[Outcome]]:
         """The active subscribers by delivery id; outcomes for rows with nobody to send to."""
-        found = await mailstore.subscribers_by_id(self.engine, [i for i in ids.values() if i])
+        found = await self.subscribers.subscribers_by_id([i for i in ids.values() if i])
         active: dict[int, mailstore.Subscriber] = {}
         skipped = []
         for delivery in deliveries:
@@ -492,12 +495,14 @@ class EmailChannel(_SubscriberChannel):
 
     name = EMAIL_CHANNEL
 
-    def __init__(self, engine: AsyncEngine, mailer: Mailer, scales: Mapping[str, Scale]) -> None:
-        super().__init__(engine, mailer, scales)
+    def __init__(
+        self, subscribers: SubscriberStore, mailer: Mailer, scales: Mapping[str, Scale]
+    ) -> None:
+        super().__init__(subscribers, mailer, scales)
         self._prepared: dict[str, EventMails] = {}
 
-    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
-        return [s.key for s in await self._matching(conn, event, mailstore.IMMEDIATE)]
+    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
+        return [s.key for s in await self._matching(routes, event, mailstore.IMMEDIATE)]
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         deadline = self._deadline()
@@ -533,9 +538,9 @@ class DigestChannel(_SubscriberChannel):
 
     name = DIGEST_CHANNEL
 
-    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
-        subscribers = await self._matching(conn, event, mailstore.DIGEST)
-        await mailstore.add_digest_items(conn, [s.id for s in subscribers], event.id, now=_now())
+    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
+        subscribers = await self._matching(routes, event, mailstore.DIGEST)
+        await routes.add_digest_items([s.id for s in subscribers], event.id)
         return []
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
@@ -543,7 +548,7 @@ class DigestChannel(_SubscriberChannel):
         async with self.turn() as turn:
             digests = {}
             for delivery in deliveries:
-                found = await mailstore.digest(self.engine, delivery.recipient)
+                found = await self.subscribers.digest(delivery.recipient)
                 if found is not None:
                     digests[delivery.id] = found
             ids = {d.id: digests[d.id][0] if d.id in digests else None for d in deliveries}
@@ -574,20 +579,23 @@ class EmailWorker:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        subscribers: SubscriberStore,
         mailer: Mailer,
         *,
         on_digests: Callable[[], None] | None = None,
         idle: float = 30.0,
         lease: float = 120.0,
     ) -> None:
-        self.engine = engine
+        self.subscribers = subscribers
         self.mailer = mailer
         self.on_digests = on_digests
         self.idle = idle
         self.lease = lease
         self._wake = asyncio.Event()
         self._stopping = False
+        self.leading: Callable[[], bool] = lambda: True
+        """Whether this replica builds the digests (only the leader does; confirmations are
+        claimed, so every replica may send them)."""
 
     def wake(self) -> None:
         self._wake.set()
@@ -613,8 +621,10 @@ class EmailWorker:
             log.exception("email worker crashed", extra={"action": "email_worker_failed"})
 
     async def make_digests(self) -> int:
-        made = await mailstore.build_digests(
-            self.engine, now=_now(), hour=self.mailer.options.digest_hour
+        if not self.leading():
+            return 0
+        made = await self.subscribers.build_digests(
+            now=_now(), hour=self.mailer.options.digest_hour
         )
         if made:
             log.info("%d digest(s) queued", len(made), extra={"action": "email_digests_queued"})
@@ -626,7 +636,7 @@ class EmailWorker:
         """Send every due confirmation mail; returns how many were attempted."""
         total = 0
         while not self._stopping:
-            claimed = await mailstore.claim_confirmations(self.engine, now=_now(), lease=self.lease)
+            claimed = await self.subscribers.claim_confirmations(now=_now(), lease=self.lease)
             if not claimed:
                 return total
             total += len(claimed)
@@ -641,9 +651,7 @@ class EmailWorker:
             retry_at = (
                 None if exc.permanent else CONFIRM_RETRY.decide(mail.attempts + 1, now=now).retry_at
             )
-            await mailstore.confirmation_failed(
-                self.engine, mail, error=str(exc), retry_at=retry_at
-            )
+            await self.subscribers.confirmation_failed(mail, error=str(exc), retry_at=retry_at)
             log.warning(
                 "confirmation mail %d failed: %s",
                 mail.id,
@@ -651,7 +659,7 @@ class EmailWorker:
                 extra={"action": "email_confirmation_failed", "attempt": mail.attempts + 1},
             )
             return
-        await mailstore.confirmation_sent(self.engine, mail.id, now=_now())
+        await self.subscribers.confirmation_sent(mail.id, now=_now())
         log.info("confirmation mail %d sent", mail.id, extra={"action": "email_confirmation_sent"})
 
 

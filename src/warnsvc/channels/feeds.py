@@ -28,15 +28,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from feedgen.feed import FeedGenerator
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from warnsvc.channels.base import Outcome
 from warnsvc.model import Event, EventType, Level, Scale, Status
 from warnsvc.outbox import Delivery
+
+if TYPE_CHECKING:
+    from warnsvc.store.db import RouteContext
 
 __all__ = ["FeedChannel", "FeedSettings", "build_feeds", "entry_title"]
 
@@ -615,7 +617,7 @@ class FeedChannel:
         self.scales = scales
         self.settings = settings
 
-    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
         return [] if event.type is EventType.WEBHOOK_TEST else [FEEDS_RECIPIENT]
 
     async def rebuild(self) -> list[Path]:

@@ -40,10 +40,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -66,6 +65,9 @@ from warnsvc.store.webhooks import (
     SendTarget,
     filters_of,
 )
+
+if TYPE_CHECKING:
+    from warnsvc.store.db import RouteContext
 
 __all__ = [
     "WEBHOOKS_CHANNEL",
@@ -247,12 +249,12 @@ class WebhookChannel:
 
     # -- routing -----------------------------------------------------------------------------
 
-    async def recipients(self, conn: AsyncConnection, event: Event) -> Sequence[str]:
+    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
         if event.type is EventType.WEBHOOK_TEST:  # sent only to the endpoint that asked
             return []
         passes: dict[str | None, bool] = {}  # endpoints with the same filters: one verdict
         recipients = []
-        for endpoint_id, raw in await self.endpoints.routes(conn):
+        for endpoint_id, raw in await routes.webhook_routes():
             verdict = passes.get(raw)
             if verdict is None:
                 verdict = passes[raw] = filters_of(raw).matches(event, self.ranks)

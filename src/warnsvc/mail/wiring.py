@@ -15,10 +15,10 @@ from warnsvc.channels.email import DigestChannel, EmailChannel, EmailOptions, Em
 from warnsvc.channels.email import sender_from as _sender_from
 from warnsvc.config import EmailSettings, Settings
 from warnsvc.errors import ConfigError, ConfigProblem
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.filters import Filters
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.model import Scale
+from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.db import Store
 from warnsvc.web.subscriptions import SubscriptionPages, add_subscription_routes
 
@@ -116,7 +116,7 @@ class EmailParts:
             )
             for s in self.settings.subscribers
         ]
-        counts = await mailstore.sync_declared(self.store.engine, declared, now=datetime.now(UTC))
+        counts = await self.store.subscribers.sync_declared(declared, now=datetime.now(UTC))
         log.info(
             "email subscribers from the config: %s",
             ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none",
@@ -140,7 +140,7 @@ class EmailParts:
         add_subscription_routes(
             app,
             SubscriptionPages(
-                engine=self.store.engine,
+                subscribers=self.store.subscribers,
                 templates=self.mailer.templates,
                 service_name=self.options.service_name,
                 scales=self.scales,
@@ -180,9 +180,9 @@ def build_email(
         settings=email,
         options=options,
         mailer=mailer,
-        channel=EmailChannel(store.engine, mailer, scales),
-        digests=DigestChannel(store.engine, mailer, scales),
-        worker=EmailWorker(store.engine, mailer, on_digests=on_digests),
+        channel=EmailChannel(store.subscribers, mailer, scales),
+        digests=DigestChannel(store.subscribers, mailer, scales),
+        worker=EmailWorker(store.subscribers, mailer, on_digests=on_digests),
         store=store,
         scales=scales,
         sources={s.id: s.name for s in settings.sources},

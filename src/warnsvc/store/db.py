@@ -1,8 +1,18 @@
-"""The store: opens the database, runs migrations, and answers the queries of the service.
+"""The store: the one door to the database. Every other module calls it; none holds SQL.
 
-One :class:`Store` wraps one SQLAlchemy async engine. SQLite (the default) runs in WAL mode
-with a busy timeout so the web app can read while the poller writes. Every query here is plain
-SQLAlchemy Core, portable to PostgreSQL.
+One :class:`Store` wraps one SQLAlchemy async engine, on SQLite (the embedded default, WAL mode
+with a busy timeout so the web app reads while the poller writes) or PostgreSQL (several
+replicas on one database). It answers for situations, events, level history, source health
+and the fetch cache itself, and hands out the rest by part::
+
+    store.outbox        enqueue (with events), claim, complete, fail, release, counts, prune
+    store.endpoints     webhook endpoints, their health and deliveries, redelivery
+    store.subscribers   email subscribers, confirmations and digests
+    store.notices       what operators must hear about, forwarded once
+    store.replicas      the processes on this database, their heartbeats, who leads
+
+Start-up on PostgreSQL takes an advisory lock around the migrations (and around syncing the
+YAML's endpoints and subscribers), so replicas that start together migrate once.
 """
 
 from __future__ import annotations
@@ -17,20 +27,27 @@ from typing import Any, Protocol
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError as AlembicError
-from sqlalchemy import Connection, RowMapping, event, func, select, update
+from sqlalchemy import Connection, RowMapping, Text, cast, event, func, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from warnsvc.errors import StoreError
+from warnsvc.errors import StoreConflictError, StoreError, StoreUnavailableError
 from warnsvc.model import Event, SituationState, Status
 from warnsvc.store import schema
+from warnsvc.store.guard import store_errors
+from warnsvc.store.locks import STARTUP_LOCK
+from warnsvc.store.notices import OPERATOR_NOTICE, NoticeStore
+from warnsvc.store.outbox import Outbox, write_event
+from warnsvc.store.replicas import Leadership, ReplicaStore
+from warnsvc.store.subscriptions import Subscriber, SubscriberStore, active_subscribers
+from warnsvc.store.subscriptions import add_digest_items as _add_digest_items
+from warnsvc.store.webhooks import EndpointStore
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-OPERATOR_NOTICE = "operator.notice"
-"""The type of the events rows that carry operators' notices (see warnsvc.operators)."""
+__all__ = ["OPERATOR_NOTICE", "RouteContext", "Router", "Store"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,35 +100,88 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 def _run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # replicas starting together: the first migrates, the others wait and find it done
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STARTUP_LOCK})
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "heads")
 
 
+def _masked(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words for a failed connection, on one line."""
+    inner = getattr(exc, "orig", None) or exc.__cause__ or exc
+    words = str(inner).strip().splitlines()
+    return (words[0] if words else type(inner).__name__)[:300]
+
+
+@store_errors
 class Store:
     """The database behind warnsvc."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.outbox = Outbox(engine)
+        self.endpoints = EndpointStore(engine)
+        self.subscribers = SubscriberStore(engine)
+        self.notices = NoticeStore(engine)
+        self.replicas = ReplicaStore(engine)
+
+    def leadership(self, *, failover: float) -> Leadership:
+        """Who leads among the replicas on this database (see :class:`Leadership`)."""
+        return Leadership(self.engine, failover=failover)
+
+    @property
+    def engine_name(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may use this database at once (replicas)."""
+        return self.engine_name != "sqlite"
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect to ``url`` (creating a SQLite file's directory) and migrate the schema."""
+        """Connect to ``url`` (creating a SQLite file's directory) and migrate the schema.
+
+        Raises :class:`StoreUnavailableError` (``storage.url: cannot connect: ...``) when the
+        database cannot be reached: wrong password, unknown host, missing database.
+        """
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        backend = parsed.get_backend_name()
+        if backend == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
-        if parsed.get_backend_name() == "sqlite":
+        options: dict[str, Any] = {}
+        if backend == "postgresql":
+            options = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+            options["connect_args"] = {"timeout": 10, "command_timeout": 60}
+        engine = create_async_engine(url, **options)
+        if backend == "sqlite":
             _configure_sqlite(engine)
         store = cls(engine)
-        if migrate:
-            try:
+        try:
+            await store._connect_once(url)
+            if migrate:
                 await store.migrate()
-            except BaseException:
-                await engine.dispose()
-                raise
+        except BaseException:
+            await engine.dispose()
+            raise
         return store
+
+    async def _connect_once(self, url: str) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(select(1))
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreUnavailableError(
+                f"storage.url: cannot connect: {_reason(exc)} ({_masked(url)})"
+            ) from exc
 
     async def migrate(self) -> None:
         try:
@@ -128,9 +198,38 @@ class Store:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(select(1))
-        except (SQLAlchemyError, OSError):
+        except (SQLAlchemyError, OSError, TimeoutError):
             return False
         return True
+
+    async def last_event_seq(self) -> int:
+        """The newest event's sequence number (0 when there is none): feeds rebuild on change."""
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(select(func.max(schema.events.c.seq)))).scalar_one()
+        return int(value or 0)
+
+    async def last_changes(self) -> dict[str, datetime]:
+        """When each situation last changed (its newest level-history row with an event)."""
+        history = schema.level_history
+        query = (
+            select(history.c.situation_id, func.max(history.c.recorded_at))
+            .where(history.c.event_id.is_not(None))
+            .group_by(history.c.situation_id)
+        )
+        async with self.engine.connect() as conn:
+            return {sid: when for sid, when in (await conn.execute(query)).all()}
+
+    async def record_event(
+        self, event_: Event, routes: Recipients, *, now: datetime | None = None
+    ) -> list[int]:
+        """Store an event that moves no situation on (a webhook test) with its outbox rows;
+        returns the new rows' ids. ``routes``: recipients by channel, or a :class:`Router`."""
+        now = now or event_.detected_at
+        outbox = schema.outbox
+        async with self.engine.begin() as conn:
+            await insert_event(conn, event_, routes, now=now, revision=None)
+            query = select(outbox.c.id).where(outbox.c.event_id == event_.id).order_by(outbox.c.id)
+            return list((await conn.execute(query)).scalars().all())
 
     # -- situations ---------------------------------------------------------------------------
 
@@ -178,8 +277,8 @@ class Store:
         """Write an operator's event with the state it sets, in ONE transaction."""
         try:
             async with self.engine.begin() as conn:
-                await _upsert_state(conn, state, scale=scale, now=now)
-                await insert_event(conn, event, recipients, now=now)
+                await _upsert_state(conn, state, scale=scale, now=now, bump=True)
+                await insert_event(conn, event, recipients, now=now, revision=state.revision)
                 await conn.execute(
                     schema.level_history.insert().values(
                         situation_id=state.situation,
@@ -191,6 +290,10 @@ class Store:
                         recorded_at=now,
                     )
                 )
+        except IntegrityError as exc:
+            raise StoreConflictError(
+                f"{state.situation} changed while the manual event was written; try again"
+            ) from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the manual event: {exc}") from exc
 
@@ -222,12 +325,17 @@ class Store:
         transaction); one outbox row per (event, channel, recipient) is created with the event,
         so an event that exists is delivered.
         """
+        revisions = {state.situation: state.revision for state in states}
+        changed = {event_.situation for event_ in events}
         try:
             async with self.engine.begin() as conn:
                 for state in states:
-                    await _upsert_state(conn, state, scale=scale, now=now)
+                    await _upsert_state(
+                        conn, state, scale=scale, now=now, bump=state.situation in changed
+                    )
                 for event_ in events:
-                    await insert_event(conn, event_, recipients, now=now)
+                    revision = revisions.get(event_.situation, 0)
+                    await insert_event(conn, event_, recipients, now=now, revision=revision)
                 for entry in history:
                     await conn.execute(
                         schema.level_history.insert().values(
@@ -243,6 +351,11 @@ class Store:
                 await _record_success(
                     conn, source_id, observations=observations, now=now, warnings=warnings
                 )
+        except IntegrityError as exc:
+            # the unique transition key or the revision check: another writer was first
+            raise StoreConflictError(
+                f"another replica recorded the poll of {source_id!r} first"
+            ) from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the poll of {source_id!r}: {exc}") from exc
 
@@ -345,12 +458,36 @@ class Store:
             )
 
 
+class RouteContext:
+    """What routing may read, and record, on the transaction that writes an event.
+
+    Channels decide their recipients through it (see ``Channel.recipients``), so an endpoint
+    registered or a subscriber confirmed a moment before the event is either routed in full or
+    not at all, and no channel holds a connection.
+    """
+
+    def __init__(self, conn: AsyncConnection, *, now: datetime) -> None:
+        self._conn = conn
+        self.now = now
+
+    async def webhook_routes(self) -> list[tuple[str, str | None]]:
+        """Every enabled endpoint's id and filters as stored JSON text (see ``filters_of``)."""
+        table = schema.webhook_endpoints
+        query = select(table.c.id, cast(table.c.filters, Text)).where(table.c.enabled.is_(True))
+        return [(endpoint_id, raw) for endpoint_id, raw in await self._conn.execute(query)]
+
+    async def active_subscribers(self, mode: str) -> list[Subscriber]:
+        return await active_subscribers(self._conn, mode)
+
+    async def add_digest_items(self, subscriber_ids: Sequence[int], event_id: str) -> None:
+        """Remember that the event belongs in these subscribers' next digests."""
+        await _add_digest_items(self._conn, subscriber_ids, event_id, now=self.now)
+
+
 class Router(Protocol):
     """Who receives an event, by channel; runs on the transaction that writes the event."""
 
-    async def __call__(
-        self, conn: AsyncConnection, event: Event
-    ) -> Mapping[str, Sequence[str]]: ...
+    async def __call__(self, routes: RouteContext, event: Event) -> Mapping[str, Sequence[str]]: ...
 
 
 Recipients = Mapping[str, Sequence[str]] | Router
@@ -362,38 +499,27 @@ async def insert_event(
     recipients: Recipients,
     *,
     now: datetime,
+    revision: int | None,
 ) -> None:
     """Insert an event and its outbox rows on an open transaction."""
     routes: Mapping[str, Iterable[str]] = (
-        await recipients(conn, event_) if callable(recipients) else recipients
+        await recipients(RouteContext(conn, now=now), event_)
+        if callable(recipients)
+        else recipients
     )
-    await conn.execute(
-        schema.events.insert().values(
-            id=event_.id,
-            type=event_.type.value,
-            source_id=event_.source_id,
-            situation_id=event_.situation,
-            occurred_at=event_.occurred_at,
-            detected_at=event_.detected_at,
-            payload=event_.payload(),
-        )
+    await write_event(
+        conn,
+        event_id=event_.id,
+        type=event_.type.value,
+        source_id=event_.source_id,
+        situation_id=event_.situation,
+        occurred_at=event_.occurred_at,
+        detected_at=event_.detected_at,
+        payload=event_.payload(),
+        routes=routes,
+        now=now,
+        revision=revision,
     )
-    rows = [
-        {
-            "event_id": event_.id,
-            "channel": channel,
-            "recipient": recipient,
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for channel, targets in routes.items()
-        for recipient in targets
-    ]
-    if rows:
-        await conn.execute(schema.outbox.insert(), rows)
 
 
 async def _ensure_health_row(conn: AsyncConnection, source_id: str) -> None:
@@ -440,8 +566,13 @@ async def _record_success(
 
 
 async def _upsert_state(
-    conn: AsyncConnection, state: SituationState, *, scale: str, now: datetime
+    conn: AsyncConnection, state: SituationState, *, scale: str, now: datetime, bump: bool = False
 ) -> None:
+    """Write a situation's state if nobody changed it since it was read (its revision).
+
+    ``bump``: an event comes with this state, so the revision moves on. A state that another
+    writer moved on meanwhile raises :class:`IntegrityError`, like the event's unique key.
+    """
     table = schema.situations
     values = {
         "source_id": state.source_id,
@@ -458,10 +589,16 @@ async def _upsert_state(
         "pending_status": state.pending_status.value if state.pending_status else None,
         "pending_count": state.pending_count,
         "pending_since": state.pending_since,
+        "revision": state.revision + 1 if bump else state.revision,
         "updated_at": now,
     }
-    result = await conn.execute(update(table).where(table.c.id == state.situation).values(values))
+    result = await conn.execute(
+        update(table)
+        .where(table.c.id == state.situation, table.c.revision == state.revision)
+        .values(values)
+    )
     if result.rowcount == 0:
+        # new, or moved on by another writer: then the primary key refuses the insert
         await conn.execute(table.insert().values(id=state.situation, first_seen_at=now, **values))
 
 
@@ -481,4 +618,5 @@ def _state_from_row(row: RowMapping) -> SituationState:
         pending_status=Status(row["pending_status"]) if row["pending_status"] else None,
         pending_count=row["pending_count"],
         pending_since=row["pending_since"],
+        revision=row["revision"],
     )

@@ -79,6 +79,8 @@ situations = Table(
     Column("pending_status", String(40)),
     Column("pending_count", Integer, nullable=False, default=0),
     Column("pending_since", UTCDateTime),
+    # bumped by every event of the situation; the event records the revision it started from
+    Column("revision", Integer, nullable=False, default=0, server_default="0"),
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -108,7 +110,16 @@ events = Table(
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("detected_at", UTCDateTime, nullable=False),
     Column("payload", JSON, nullable=False),
+    # the situation's revision this event moved on from: one change, one event, across replicas
+    Column("situation_revision", Integer),
     Index(None, "situation_id", "seq"),
+    # an index, not a table constraint: SQLite adds it without rebuilding the table
+    Index(
+        "uq_events_situation_id_situation_revision",
+        "situation_id",
+        "situation_revision",
+        unique=True,
+    ),
 )
 
 source_health = Table(
@@ -225,17 +236,33 @@ email_digests = Table(
     Column("created_at", UTCDateTime, nullable=False),
 )
 
-operator_notices = Table(
-    "operator_notices",
+notices = Table(
+    "notices",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("kind", String(60), nullable=False),
     Column("subject", String(1000), nullable=False),
     Column("detail", JSON, nullable=False),
+    # NULL: the operators; else one contact (a disabled endpoint's partner)
+    Column("recipient", String(500)),
     Column("created_at", UTCDateTime, nullable=False),
-    Column("acknowledged_at", UTCDateTime),
-    Column("forwarded_at", UTCDateTime),  # migration 0005_operator_alerts
-    Index(None, "acknowledged_at", "id"),
+    Column("forwarded_at", UTCDateTime),
+    Index(None, "forwarded_at", "id"),
+    Index(None, "kind", "id"),
+)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("url", String(500), nullable=False),
+    Column("version", String(40), nullable=False),
+    Column("config_digest", String(64), nullable=False),
+    Column("leader", Boolean, nullable=False, default=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("seen_at", UTCDateTime, nullable=False),
 )
 
 # -- webhooks (revision 0002_webhooks) ---------------------------------------------------------
@@ -259,19 +286,6 @@ webhook_endpoints = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Index(None, "partner_id"),
-)
-
-webhook_notices = Table(
-    "webhook_notices",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("kind", String(40), nullable=False),
-    Column("endpoint_id", String(64), nullable=False),
-    Column("partner_id", String(100)),
-    Column("recipient", String(500), nullable=False),
-    Column("message", Text, nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("sent_at", UTCDateTime),
 )
 
 Index("ix_outbox_channel_recipient_id", outbox.c.channel, outbox.c.recipient, outbox.c.id)

@@ -19,19 +19,22 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, delete, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import DEAD, DELIVERED, PENDING
 from warnsvc.store import schema
+from warnsvc.store.guard import store_errors
+from warnsvc.store.locks import startup_lock
+from warnsvc.store.notices import add_notice
 
 log = logging.getLogger(__name__)
 
 WEBHOOKS_CHANNEL = "webhooks"
 OPERATORS = "operators"
-"""The recipient of operator notices (until an operator channel delivers them)."""
+"""Who :meth:`EndpointStore.disable` tells when no partner contact is named: the operators."""
 
 
 def generate_secret() -> str:
@@ -201,19 +204,6 @@ class DeliveryRecord:
         }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Notice:
-    """A recorded notice that an endpoint was disabled, for operators or a partner contact."""
-
-    id: int
-    kind: str
-    endpoint_id: str
-    partner_id: str | None
-    recipient: str
-    message: str
-    created_at: datetime
-
-
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
@@ -238,6 +228,7 @@ def _endpoint(row: RowMapping) -> Endpoint:
     )
 
 
+@store_errors
 class EndpointStore:
     """Queries on webhook endpoints and their deliveries."""
 
@@ -366,13 +357,6 @@ class EndpointStore:
                     )
         return found
 
-    async def routes(self, conn: AsyncConnection) -> list[tuple[str, str | None]]:
-        """Every enabled endpoint's id and filters as stored JSON text (see :func:`filters_of`),
-        read on the caller's transaction (the event's own)."""
-        table = schema.webhook_endpoints
-        query = select(table.c.id, cast(table.c.filters, Text)).where(table.c.enabled.is_(True))
-        return [(endpoint_id, raw) for endpoint_id, raw in await conn.execute(query)]
-
     async def update(self, endpoint_id: str, *, now: datetime, **changes: Any) -> Endpoint | None:
         """Change url, description, filters or enabled. Enabling clears the failure record."""
         values: dict[str, Any] = {"updated_at": now}
@@ -433,6 +417,7 @@ class EndpointStore:
         """Make the operator's YAML endpoints the static rows: add, update, remove."""
         table = schema.webhook_endpoints
         async with self.engine.begin() as conn:
+            await startup_lock(conn)  # replicas starting together sync one after the other
             rows = (await conn.execute(select(table).where(table.c.static.is_(True)))).mappings()
             existing = {r["id"]: _endpoint(r) for r in rows.all()}
             for endpoint in declared:
@@ -528,34 +513,15 @@ class EndpointStore:
             if not result.rowcount:
                 return False
             for recipient in notify:
-                await conn.execute(
-                    schema.webhook_notices.insert().values(
-                        kind="endpoint_disabled",
-                        endpoint_id=endpoint.id,
-                        partner_id=endpoint.partner_id,
-                        recipient=recipient,
-                        message=message,
-                        created_at=now,
-                    )
+                await add_notice(
+                    conn,
+                    kind="webhook.endpoint_disabled",
+                    subject=message,
+                    detail={"endpoint": endpoint.id, "partner": endpoint.partner_id},
+                    recipient=None if recipient == OPERATORS else recipient,
+                    now=now,
                 )
         return True
-
-    async def notices(self) -> list[Notice]:
-        table = schema.webhook_notices
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(table).order_by(table.c.id))).mappings().all()
-        return [
-            Notice(
-                id=r["id"],
-                kind=r["kind"],
-                endpoint_id=r["endpoint_id"],
-                partner_id=r["partner_id"],
-                recipient=r["recipient"],
-                message=r["message"],
-                created_at=r["created_at"],
-            )
-            for r in rows
-        ]
 
     # -- deliveries --------------------------------------------------------------------------
 

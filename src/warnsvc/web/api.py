@@ -31,13 +31,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select
 
-from warnsvc.pipeline import new_event_id
+from warnsvc.model import new_event_id
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter
 from warnsvc.security.ssrf import Guard, UnsafeUrlError
-from warnsvc.store import schema
-from warnsvc.store.db import insert_event
+from warnsvc.store.db import Store
 from warnsvc.store.webhooks import (
     WEBHOOKS_CHANNEL,
     Endpoint,
@@ -189,7 +187,7 @@ def _validation_error(exc: ValidationError) -> ApiError:
 class WebhookApi:
     """What the handlers need: the endpoint store, keys, limits and the SSRF guard."""
 
-    endpoints: EndpointStore
+    store: Store
     keys: KeyRing
     limiter: RateLimiter
     guard: Guard
@@ -201,6 +199,10 @@ class WebhookApi:
     wake: Callable[[], None]
 
     # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> EndpointStore:
+        return self.store.endpoints
 
     def partner(self, request: web.Request) -> Partner:
         partner: Partner = request[PARTNER]
@@ -319,12 +321,7 @@ class WebhookApi:
             raise ApiError(409, "the endpoint is disabled; enable it first")
         now = _now()
         event = test_event(service=self.service_name, now=now, event_id=new_event_id(now))
-        outbox = schema.outbox
-        async with self.endpoints.engine.begin() as conn:
-            await insert_event(conn, event, {WEBHOOKS_CHANNEL: [endpoint.id]}, now=now)
-            delivery_id = (
-                await conn.execute(select(outbox.c.id).where(outbox.c.event_id == event.id))
-            ).scalar_one()
+        (delivery_id,) = await self.store.record_event(event, {WEBHOOKS_CHANNEL: [endpoint.id]})
         self.wake()
         return web.json_response({"event_id": event.id, "delivery_id": delivery_id}, status=202)
 

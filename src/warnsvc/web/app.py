@@ -4,7 +4,7 @@ Routes::
 
     GET /                       a small page linking the feeds
     GET /feeds/{path}           the files under the feeds directory, with ETag/Last-Modified
-    GET /healthz                the process answers: {"status": "ok"}
+    GET /healthz                the process answers: {"status": "ok", "role": "leader"}
     GET /readyz                 store reachable, scheduler running, sources healthy: 200 or 503
     GET /metrics                Prometheus text format
 
@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 Metrics = Callable[[], Awaitable[bytes]]
+Role = Callable[[], str]
 
 FEEDS_DIR = web.AppKey("feeds_dir", Path)
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 TITLE = web.AppKey("title", str)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+ROLE: web.AppKey[Role] = web.AppKey("role")
 
 _CONTENT_TYPES = {
     ".atom": "application/atom+xml; charset=utf-8",
@@ -60,7 +62,9 @@ async def json_errors(
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    """The process answers; ``role`` says whether this replica leads (polls) or follows."""
+    role = request.app[ROLE]()
+    return web.json_response({"status": "ok", "version": __version__, "role": role})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -118,8 +122,10 @@ def make_app(
     readiness: Readiness,
     title: str = "warnsvc",
     metrics: Metrics | None = None,
+    role: Role = lambda: "leader",
 ) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
+    app[ROLE] = role
     app[FEEDS_DIR] = feeds_dir
     app[READINESS] = readiness
     app[TITLE] = title

@@ -33,13 +33,13 @@ from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warnsvc.addresses import check_name, normalize_address
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.compose import MailTemplates
 from warnsvc.mail.filters import EMAIL_EVENT_TYPES, Filters
 from warnsvc.model import Scale
+from warnsvc.store import subscriptions as mailstore
+from warnsvc.store.subscriptions import SubscriberStore
 from warnsvc.web.app import json_error
 
 __all__ = ["MAX_BODY", "SubscriptionPages", "SubscriptionRequest", "add_subscription_routes"]
@@ -102,7 +102,7 @@ class SubscriptionRequest(BaseModel):
 class SubscriptionPages:
     """What the subscription routes need."""
 
-    engine: AsyncEngine
+    subscribers: SubscriberStore
     templates: MailTemplates
     service_name: str
     scales: Mapping[str, Scale]
@@ -205,8 +205,7 @@ async def _read_body(request: web.Request) -> bytes:
 async def _submit(request: web.Request, subscription: SubscriptionRequest) -> None:
     pages = request.app[_PAGES]
     async with request.app[_LOCK]:  # one check-then-insert at a time: no duplicate mails
-        result = await mailstore.request_confirmation(
-            pages.engine,
+        result = await pages.subscribers.request_confirmation(
             address=subscription.address,
             name=subscription.name,
             mode=subscription.mode,
@@ -404,7 +403,7 @@ async def confirm_page(request: web.Request) -> web.Response:
     pages = request.app[_PAGES]
     token = await _token(request)
     state, address = (
-        await mailstore.confirmation_state(pages.engine, token, now=_now())
+        await pages.subscribers.confirmation_state(token, now=_now())
         if token
         else (mailstore.TokenState.UNKNOWN, None)
     )
@@ -425,7 +424,7 @@ async def confirm_post(request: web.Request) -> web.Response:
     pages = request.app[_PAGES]
     token = await _token(request)
     state = (
-        await mailstore.confirm(pages.engine, token, now=_now())
+        await pages.subscribers.confirm(token, now=_now())
         if token
         else mailstore.TokenState.UNKNOWN
     )
@@ -443,7 +442,7 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
     pages = request.app[_PAGES]
     token = await _token(request)
     state = (
-        await mailstore.unsubscribe_state(pages.engine, token)
+        await pages.subscribers.unsubscribe_state(token)
         if token
         else mailstore.UnsubscribeResult.UNKNOWN
     )
@@ -485,7 +484,7 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
     pages = request.app[_PAGES]
     token = await _token(request)
     result = (
-        await mailstore.unsubscribe(pages.engine, token, now=_now())
+        await pages.subscribers.unsubscribe(token, now=_now())
         if token
         else mailstore.UnsubscribeResult.UNKNOWN
     )

@@ -1,0 +1,17 @@
+"""PostgreSQL advisory locks of warnsvc (no-ops on SQLite, where one process owns the file)."""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+STARTUP_LOCK = 0x7761726E737601
+"""Held while migrating and while syncing the YAML's endpoints and subscribers at start."""
+LEADER_LOCK = 0x7761726E737602
+"""Held, for as long as it leads, by the replica that polls, confirms, digests and prunes."""
+
+
+async def startup_lock(conn: AsyncConnection) -> None:
+    """Serialise start-up work of replicas on PostgreSQL (held until ``conn`` commits)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STARTUP_LOCK})
