@@ -17,7 +17,9 @@ YAML's endpoints and subscribers), so replicas that start together migrate once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,6 +111,19 @@ def _run_migrations(connection: Connection) -> None:
     command.upgrade(config, "heads")
 
 
+_MIGRATION_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _migration_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    lock = _MIGRATION_LOCKS.get(loop)
+    if lock is None:
+        lock = _MIGRATION_LOCKS[loop] = asyncio.Lock()
+    return lock
+
+
 def _masked(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
@@ -185,7 +200,9 @@ class Store:
 
     async def migrate(self) -> None:
         try:
-            async with self.engine.begin() as conn:
+            # Alembic keeps its context in module globals: one migration at a time per process
+            # (replicas in other processes wait on the database's advisory lock instead)
+            async with _migration_lock(), self.engine.begin() as conn:
                 await conn.run_sync(_run_migrations)
         except (SQLAlchemyError, AlembicError) as exc:
             # AlembicError: e.g. a database stamped by a newer warnsvc with an unknown revision

@@ -12,6 +12,13 @@ LEADER_LOCK = 0x7761726E737602
 
 
 async def startup_lock(conn: AsyncConnection) -> None:
-    """Serialise start-up work of replicas on PostgreSQL (held until ``conn`` commits)."""
+    """Serialise start-up work of processes on one database (held until ``conn`` commits).
+
+    PostgreSQL: a transaction advisory lock. SQLite: a first write takes the file's write lock
+    at once, so a second process waits (busy timeout) instead of reading what is about to
+    change.
+    """
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STARTUP_LOCK})
+    else:
+        await conn.execute(text("UPDATE alembic_version SET version_num = version_num"))
