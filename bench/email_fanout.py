@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from sqlalchemy import func, select
 
 from warnsvc.channels.base import Channel
 from warnsvc.channels.email import (
@@ -53,14 +52,14 @@ from warnsvc.channels.email import (
     Mailer,
     sender_from,
 )
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.compose import event_view
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.model import GCR2P_SCALE, Event, EventType
-from warnsvc.outbox import Outbox, RetryPolicy
+from warnsvc.outbox import DELIVERED, RetryPolicy
 from warnsvc.pipeline import Dispatcher, Routing
 from warnsvc.store import schema
-from warnsvc.store.db import Store, insert_event
+from warnsvc.store import subscriptions as mailstore
+from warnsvc.store.db import Store
 
 CONNECTIONS = 8
 WARM_UP = 500
@@ -158,24 +157,18 @@ async def run_pipeline(store: Store, port: int) -> tuple[float, float, int]:
     mailer = Mailer(options(port))
     scales = {GCR2P_SCALE.id: GCR2P_SCALE}
     channels: dict[str, Channel] = {
-        EMAIL_CHANNEL: EmailChannel(store.engine, mailer, scales),
-        DIGEST_CHANNEL: DigestChannel(store.engine, mailer, scales),
+        EMAIL_CHANNEL: EmailChannel(store.subscribers, mailer, scales),
+        DIGEST_CHANNEL: DigestChannel(store.subscribers, mailer, scales),
     }
-    dispatcher = Dispatcher(Outbox(store.engine), channels, RetryPolicy())
+    dispatcher = Dispatcher(store.outbox, channels, RetryPolicy())
     start, cpu_start = time.perf_counter(), time.process_time()
-    async with store.engine.begin() as conn:
-        await insert_event(conn, event(), Routing(channels), now=datetime.now(UTC))
+    await store.record_event(event(), Routing(channels), now=datetime.now(UTC))
     await dispatcher.drain()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     await mailer.close()
-    table = schema.outbox
-    async with store.engine.connect() as conn:
-        delivered = (
-            await conn.execute(
-                select(func.count()).select_from(table).where(table.c.status == "delivered")
-            )
-        ).scalar_one()
-    return elapsed, cpu, int(delivered)
+    counts = await store.outbox.counts()
+    delivered = sum(n for (_, status), n in counts.items() if status == DELIVERED)
+    return elapsed, cpu, delivered
 
 
 async def messages(store: Store, port: int) -> list[tuple[str, bytes]]:

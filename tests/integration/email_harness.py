@@ -20,14 +20,15 @@ from warnsvc.channels.email import (
     Mailer,
     sender_from,
 )
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.filters import Filters
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.model import GCR2P_SCALE, Event, EventType, Level
-from warnsvc.outbox import Outbox, RetryPolicy
+from warnsvc.outbox import RetryPolicy
 from warnsvc.pipeline import Dispatcher, Routing
 from warnsvc.store import schema
-from warnsvc.store.db import Store, insert_event
+from warnsvc.store import subscriptions as mailstore
+from warnsvc.store.db import Store
+from warnsvc.store.outbox import Outbox
 
 BASE_URL = "https://alerts.example.org"
 NK_NAME = "Nagorno-Karabakh (Armenia/Azerbaijan)"
@@ -109,10 +110,10 @@ class Harness:
     def build(cls, store: Store, opts: EmailOptions) -> Harness:
         mailer = Mailer(opts)
         scales = {GCR2P_SCALE.id: GCR2P_SCALE}
-        channel = EmailChannel(store.engine, mailer, scales)
-        digests = DigestChannel(store.engine, mailer, scales)
+        channel = EmailChannel(store.subscribers, mailer, scales)
+        digests = DigestChannel(store.subscribers, mailer, scales)
         channels: dict[str, Channel] = {EMAIL_CHANNEL: channel, DIGEST_CHANNEL: digests}
-        outbox = Outbox(store.engine)
+        outbox = store.outbox
         return cls(
             store=store,
             mailer=mailer,
@@ -121,7 +122,7 @@ class Harness:
             routing=Routing(channels),
             outbox=outbox,
             dispatcher=Dispatcher(outbox, channels, RetryPolicy(initial=1.0)),
-            worker=EmailWorker(store.engine, mailer),
+            worker=EmailWorker(store.subscribers, mailer),
         )
 
     async def subscribe(self, *addresses: str, mode: str = "immediate", **filters: Any) -> None:
@@ -132,11 +133,10 @@ class Harness:
             )
             for a in addresses
         )
-        await mailstore.sync_declared(self.store.engine, self.declared, now=datetime.now(UTC))
+        await self.store.subscribers.sync_declared(self.declared, now=datetime.now(UTC))
 
     async def emit(self, event: Event) -> None:
-        async with self.store.engine.begin() as conn:
-            await insert_event(conn, event, self.routing, now=datetime.now(UTC))
+        await self.store.record_event(event, self.routing, now=datetime.now(UTC))
 
     async def rows(self, channel: str = EMAIL_CHANNEL) -> list[dict[str, Any]]:
         table = schema.outbox
@@ -155,6 +155,6 @@ class Harness:
             )
 
     async def subscriber(self, address: str) -> mailstore.Subscriber:
-        found = await mailstore.subscriber_by_address(self.store.engine, address)
+        found = await self.store.subscribers.subscriber_by_address(address)
         assert found is not None
         return found

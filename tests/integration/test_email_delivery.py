@@ -21,10 +21,10 @@ from tests.integration.email_harness import (
 )
 from tests.smtp_sink import Sink, free_port, make_certificate, server_tls_context, start_sink
 from warnsvc.channels.email import DIGEST_CHANNEL
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.filters import Filters
 from warnsvc.model import EventType
 from warnsvc.store import schema
+from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.db import Store
 
 pytestmark = pytest.mark.filterwarnings(
@@ -206,8 +206,8 @@ async def test_an_unsubscribed_reader_is_skipped_even_with_a_queued_row(
     await harness.subscribe("ana@example.org", "ben@example.org")
     await harness.emit(make_event("evt_u"))
     ben = await harness.subscriber("ben@example.org")
-    result = await mailstore.unsubscribe(
-        harness.store.engine, ben.unsubscribe_token, now=datetime.now(UTC)
+    result = await harness.store.subscribers.unsubscribe(
+        ben.unsubscribe_token, now=datetime.now(UTC)
     )
     assert result is mailstore.UnsubscribeResult.UNSUBSCRIBED
     await harness.dispatcher.drain()
@@ -244,9 +244,9 @@ async def test_a_5xx_recipient_fails_permanently_and_repeated_ones_suppress_it(
     assert dead[0]["last_status"] == 550 and "no such user" in dead[0]["last_error"]
     assert gone.status == mailstore.SUPPRESSED
     assert (await harness.subscriber("ana@example.org")).status == mailstore.ACTIVE
-    [notice] = await mailstore.notices(harness.store.engine)
-    assert notice["kind"] == "email.address_suppressed"
-    assert notice["detail"]["address"] == "gone@example.org"
+    [notice] = await harness.store.notices.recent()
+    assert notice.kind == "email.address_suppressed"
+    assert notice.detail["address"] == "gone@example.org"
 
     await harness.emit(make_event("evt_after"))
     assert gone.key not in {
@@ -367,8 +367,8 @@ async def test_a_digest_collects_the_day_in_one_mail(harness: Harness, sink: Sin
 
     hour = harness.mailer.options.digest_hour
     due = datetime.now(UTC).replace(hour=hour, minute=5) + timedelta(days=1)
-    [digest_id] = await mailstore.build_digests(harness.store.engine, now=due, hour=hour)
-    assert await mailstore.build_digests(harness.store.engine, now=due, hour=hour) == []
+    [digest_id] = await harness.store.subscribers.build_digests(now=due, hour=hour)
+    assert await harness.store.subscribers.build_digests(now=due, hour=hour) == []
     [row] = await harness.rows(DIGEST_CHANNEL)
     assert row["recipient"] == digest_id and row["event_id"] == "evt_d2"
 
@@ -385,13 +385,12 @@ async def test_a_digest_collects_the_day_in_one_mail(harness: Harness, sink: Sin
     assert text.index(NK_NAME) < text.index("Sudan")
     # the next day without events: no digest
     later = due + timedelta(days=1)
-    assert await mailstore.build_digests(harness.store.engine, now=later, hour=hour) == []
+    assert await harness.store.subscribers.build_digests(now=later, hour=hour) == []
 
 
 async def test_confirmation_mails_wait_out_an_outage(harness: Harness, port: int) -> None:
     now = datetime.now(UTC)
-    result = await mailstore.request_confirmation(
-        harness.store.engine,
+    result = await harness.store.subscribers.request_confirmation(
         address="new@example.org",
         name=None,
         mode="immediate",

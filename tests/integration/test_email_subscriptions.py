@@ -16,7 +16,6 @@ from sqlalchemy import func, select, update
 
 from tests.integration.email_harness import Harness, make_event, options
 from tests.smtp_sink import Sink, free_port, start_sink
-from warnsvc.mail import store as mailstore
 from warnsvc.model import GCR2P_SCALE
 from warnsvc.store import schema
 from warnsvc.store.db import Store
@@ -65,7 +64,7 @@ async def ready() -> tuple[bool, dict[str, Any]]:
 
 def pages(harness: Harness, **changes: Any) -> SubscriptionPages:
     values: dict[str, Any] = {
-        "engine": harness.store.engine,
+        "subscribers": harness.store.subscribers,
         "templates": harness.mailer.templates,
         "service_name": "warnsvc",
         "scales": {GCR2P_SCALE.id: GCR2P_SCALE},
@@ -180,7 +179,7 @@ async def test_forged_and_expired_tokens_get_a_page_and_change_nothing(
         await conn.execute(update(table).values(expires_at=datetime.now(UTC) - timedelta(1)))
     expired = await client.post("/email/confirm", data={"token": token})
     assert expired.status == 410 and "expired" in await expired.text()
-    assert await mailstore.subscriber_by_address(harness.store.engine, "ana@example.org") is None
+    assert await harness.store.subscribers.subscriber_by_address("ana@example.org") is None
 
 
 async def test_a_confirmation_link_can_withdraw_the_request(

@@ -14,11 +14,11 @@ import pytest
 
 from warnsvc.channels.email import EmailOptions, Mailer, sender_from
 from warnsvc.mail import personal
-from warnsvc.mail import store as mailstore
 from warnsvc.mail.compose import Rendered, event_view, quoted_printable
 from warnsvc.mail.filters import Filters
 from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
 from warnsvc.mail.smtp import SmtpConfig
+from warnsvc.store import subscriptions as mailstore
 
 BASE_URL = "https://alerts.example.org"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

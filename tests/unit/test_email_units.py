@@ -15,8 +15,8 @@ from warnsvc.errors import ConfigError
 from warnsvc.mail.compose import MailTemplates, Rendered, Sender, build_message, safe_url
 from warnsvc.mail.filters import Filters
 from warnsvc.mail.smtp import RateLimiter, SendError, classify
-from warnsvc.mail.store import digest_boundary
 from warnsvc.model import GCR2P_SCALE
+from warnsvc.store.subscriptions import digest_boundary
 
 SCALES = {"gcr2p": GCR2P_SCALE}
 
