@@ -307,6 +307,7 @@ def _refresh(
         summary=obs.summary or (prior.summary if prior else ""),
         risk_factors=obs.risk_factors or (prior.risk_factors if prior else ()),
         content_hash=obs.content_hash,
+        revision=prior.revision if prior else 0,  # the store moves it on with each event
     )
 
 

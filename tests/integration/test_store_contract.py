@@ -34,7 +34,7 @@ NK = "gcr2p:nagorno-karabakh"
 Opener = Callable[[], Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'warnsvc.db'}"
