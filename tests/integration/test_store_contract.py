@@ -21,6 +21,7 @@ from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from warnsvc.errors import StoreConflictError, StoreUnavailableError
+from warnsvc.mail.filters import Filters as MailFilters
 from warnsvc.model import GCR2P_SCALE, Event, EventType, SituationState, Status
 from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, RetryDecision
 from warnsvc.store import schema
@@ -300,7 +301,7 @@ async def test_a_subscriber_confirms_then_unsubscribes(store: Store) -> None:
         address="ana@example.org",
         name="Ana",
         mode="immediate",
-        filters=Filters(),
+        filters=MailFilters(),
         now=T0,
         valid_for=86400,
         resend_after=60,
