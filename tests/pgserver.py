@@ -140,6 +140,7 @@ class PostgresServer:
         self._run_as = _RunAs()
         self._owned = base_dir is not None
         self._version_num = 0
+        self._options: list[str] = []
 
     # -- starting and stopping ---------------------------------------------------------------
 
@@ -201,6 +202,16 @@ class PostgresServer:
                     self._run([self._bin("pg_ctl"), "stop", "-D", str(data), "-m", "immediate"])
         shutil.rmtree(self.base_dir, ignore_errors=True)
         self.base_dir = None
+
+    def pause(self) -> None:
+        """Stop a throw-away server, keeping its data: the database goes away."""
+        assert self._owned and self.base_dir is not None, "only a server started here pauses"
+        self._run([self._bin("pg_ctl"), "stop", "-D", str(self.base_dir / "data"), "-m", "fast"])
+
+    def resume(self) -> None:
+        """Start a paused server again on the same port: the database comes back."""
+        assert self._owned and self.base_dir is not None, "only a server started here resumes"
+        self._start(self._options, attempts=1, fixed_port=self.port)
 
     def __enter__(self) -> PostgresServer:
         return self
@@ -287,12 +298,15 @@ class PostgresServer:
         except subprocess.CalledProcessError as exc:
             raise PostgresError(f"initdb failed:\n{_tail(exc.stdout + exc.stderr)}") from None
 
-    def _start(self, server_options: Sequence[str], attempts: int = 3) -> None:
+    def _start(
+        self, server_options: Sequence[str], attempts: int = 3, fixed_port: int | None = None
+    ) -> None:
         assert self.base_dir is not None
         data = self.base_dir / "data"
         log = self.base_dir / "server.log"
+        self._options = list(server_options)
         for attempt in range(1, attempts + 1):
-            port = free_port()
+            port = fixed_port or free_port()
             options = [
                 "-c listen_addresses=127.0.0.1",
                 f"-p {port}",

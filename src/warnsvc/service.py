@@ -594,10 +594,10 @@ class Service:
                 )
         if self.runner is not None:
             await self.runner.cleanup()
-        if self.parts is not None:
-            await self.parts.close()
         self._remove_pid()
-        log.info("stopped", extra={"action": "service_stopped"})
+        if self.parts is not None:  # else it never started: the error says why, alone
+            await self.parts.close()
+            log.info("stopped", extra={"action": "service_stopped"})
 
     def request_stop(self) -> None:
         self._stop.set()
