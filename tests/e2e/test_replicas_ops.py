@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -55,7 +56,7 @@ webhooks:
 """
 
 
-async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, object]]:
+async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
     try:
         async with session.get(url) as response:
             return response.status, await response.json()
@@ -162,7 +163,7 @@ async def test_replicas_show_their_roles_and_the_odd_config_is_not_ready(
 
         async def mismatch_seen() -> bool:
             status, body = await get_json(session, f"{odd_base}/readyz")
-            replica = body.get("checks", {}).get("replica", {})  # type: ignore[union-attr]
+            replica = body.get("checks", {}).get("replica", {})
             return status == 503 and bool(replica.get("config_mismatch"))
 
         await wait_for(mismatch_seen, 30, "the odd replica to report its config")
