@@ -18,7 +18,7 @@ URL_PARSING = {("config.py", "sqlalchemy.engine"), ("config.py", "sqlalchemy.exc
 
 
 def imported(tree: ast.AST) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
