@@ -11,7 +11,7 @@ Two channels share one :class:`Mailer` (templates, sender, SMTP pool):
   event it covers (the outbox's foreign key keeps every row tied to a stored event).
 
 Confirmation mails are not about an event, so they do not use the outbox: the confirmation row
-itself is their durable queue (:mod:`warnsvc.mail.store`), sent by :class:`EmailWorker`.
+itself is their durable queue (:mod:`warnsvc.store.subscriptions`), sent by :class:`EmailWorker`.
 
 ``deliver()`` sends a batch concurrently, bounded by the SMTP pool's connections and rate, and
 within a time budget shorter than the outbox lease (rows not started by then are handed back for

@@ -19,7 +19,7 @@ Each event gets one outbox row per matching endpoint, written with the event
   :class:`~warnsvc.outbox.RetryPolicy`), then dead-letter;
 - an endpoint that keeps failing (a whole retry schedule without a success, or for
   ``disable_after``) is disabled, and the operators and the partner's contact get a notice
-  (recorded in ``webhook_notices`` and logged: warnsvc has no mail channel for them yet).
+  (recorded in the store's ``notices`` and forwarded once, see :mod:`warnsvc.operators`).
 
 Rows not started before the batch's deadline (so well within the claim's lease), or in flight
 when :meth:`WebhookChannel.abort` is called at shutdown, come back as *deferred*: the
