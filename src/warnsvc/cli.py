@@ -397,7 +397,8 @@ async def _show_status(settings: Settings, *, as_json: bool) -> int:
     service = await _service_state(settings)
     store = await Store.open(settings.storage.url)
     try:
-        status = await gather(settings, store, service)
+        heartbeat = max(settings.storage.failover / 6, 0.2)  # as the replicas beat
+        status = await gather(settings, store, service, heartbeat=heartbeat)
     finally:
         await store.close()
     if as_json:

@@ -497,7 +497,9 @@ class Service:
             extra={"action": "http_started"},
         )
 
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+    async def readiness(self, replica_only: bool = False) -> tuple[bool, dict[str, Any]]:
+        """The checks of ``/readyz``; ``replica_only`` leaves out the sources' health, which
+        every replica shares (a load balancer should not drop them all for a failing page)."""
         checks: dict[str, Any] = {}
         parts = self.parts
         checks["store"] = bool(parts and await parts.store.ping())
@@ -533,7 +535,8 @@ class Service:
         checks["sources_failing_tolerated"] = tolerated
         checks["next_polls"] = self._next_polls()
         mismatch = cluster is not None and cluster.view.mismatch is not None
-        ready = checks["store"] and checks["scheduler"] and not failing and not mismatch
+        sources_ok = replica_only or not failing
+        ready = checks["store"] and checks["scheduler"] and sources_ok and not mismatch
         return ready, checks
 
     def _next_polls(self) -> dict[str, str]:

@@ -168,6 +168,10 @@ async def test_replicas_show_their_roles_and_the_odd_config_is_not_ready(
 
         await wait_for(mismatch_seen, 30, "the odd replica to report its config")
         assert (await get_json(session, f"{base}/readyz"))[0] == 200
+        assert (await get_json(session, f"{base}/readyz?scope=replica"))[0] == 200
+        assert (await get_json(session, f"{odd_base}/readyz?scope=replica"))[0] == 503
+        status, body = await get_json(session, f"{base}/readyz?scope=everything")
+        assert (status, body["error"]["status"]) == (400, 400)
         assert (await get_json(session, f"{odd_base}/healthz"))[1]["role"] == "follower"
         async with session.get(f"{base}/metrics") as response:
             assert "warnsvc_leader 1.0" in await response.text()

@@ -58,7 +58,7 @@ async def harness(store: Store, port: int) -> AsyncIterator[Harness]:
         await built.mailer.close()
 
 
-async def ready() -> tuple[bool, dict[str, Any]]:
+async def ready(replica_only: bool = False) -> tuple[bool, dict[str, Any]]:
     return True, {}
 
 

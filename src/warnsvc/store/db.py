@@ -49,6 +49,7 @@ from warnsvc.store.webhooks import EndpointStore
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIN_POSTGRESQL = (14,)
 __all__ = ["OPERATOR_NOTICE", "RouteContext", "Router", "Store"]
 
 
@@ -193,10 +194,17 @@ class Store:
         try:
             async with self.engine.connect() as conn:
                 await conn.execute(select(1))
+                version = conn.dialect.server_version_info
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailableError(
                 f"storage.url: cannot connect: {_reason(exc)} ({_masked(url)})"
             ) from exc
+        if self.shared and version is not None and version < MIN_POSTGRESQL:
+            found = ".".join(str(n) for n in version)
+            raise StoreUnavailableError(
+                f"storage.url: PostgreSQL {found} is too old: warnsvc needs 14 or newer "
+                f"(leadership relies on idle_session_timeout) ({_masked(url)})"
+            )
 
     async def migrate(self) -> None:
         try:

@@ -138,16 +138,18 @@ class Leadership:
     async def _try(self) -> None:
         try:
             if self._conn is None:
-                self._conn = await self.engine.connect()
+                # autocommit: the session is never left idle inside a transaction, where
+                # idle_session_timeout would not end it
+                conn = await self.engine.connect()
+                self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 timeout = max(int(self.failover * 1000 / 2), 1000)
-                await self._conn.execute(text(f"SET idle_session_timeout = {timeout}"))
-                await self._conn.commit()
+                for setting in ("idle_session_timeout", "idle_in_transaction_session_timeout"):
+                    await self._conn.execute(text(f"SET {setting} = {timeout}"))
             got = (
                 await self._conn.execute(
                     text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}
                 )
             ).scalar_one()
-            await self._conn.commit()
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             await self._drop(f"cannot reach the database: {exc}")
             return
@@ -160,7 +162,6 @@ class Leadership:
         try:
             async with asyncio.timeout(max(self.failover / 3, 0.5)):
                 await conn.execute(text("SELECT 1"))
-                await conn.commit()
         except (SQLAlchemyError, OSError, TimeoutError):
             return False
         return True
@@ -189,7 +190,6 @@ class Leadership:
                     await conn.execute(
                         text("SELECT pg_advisory_unlock(:key)"), {"key": LEADER_LOCK}
                     )
-                    await conn.commit()
         self.leading = False
         self._conn = None
         if conn is not None:

@@ -6,6 +6,7 @@ Routes::
     GET /feeds/{path}           the files under the feeds directory, with ETag/Last-Modified
     GET /healthz                the process answers: {"status": "ok", "role": "leader"}
     GET /readyz                 store reachable, scheduler running, sources healthy: 200 or 503
+                                (?scope=replica: this replica only, for load balancers)
     GET /metrics                Prometheus text format
 
 Every error answer is JSON: ``{"error": {"status": 404, "message": "..."}}``.
@@ -26,7 +27,8 @@ from warnsvc.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
-Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+Readiness = Callable[[bool], Awaitable[tuple[bool, dict[str, Any]]]]
+"""Whether the service is ready, and its checks; the argument: this replica's own state only."""
 Metrics = Callable[[], Awaitable[bytes]]
 Role = Callable[[], str]
 
@@ -68,7 +70,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, checks = await request.app[READINESS]()
+    """Ready to serve and working. ``?scope=replica`` leaves out what all replicas share (the
+    sources' health), for a load balancer choosing among replicas."""
+    scope = request.query.get("scope", "service")
+    if scope not in ("service", "replica"):
+        raise web.HTTPBadRequest(reason="scope must be 'service' or 'replica'")
+    ready, checks = await request.app[READINESS](scope == "replica")
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return web.json_response(body, status=200 if ready else 503)
 
