@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from sqlalchemy import func, select
 
 from warnsvc.config import parse_config
 from warnsvc.model import GCR2P_SCALE, Event, EventType
+from warnsvc.outbox import DELIVERED
 from warnsvc.service import build_components
 from warnsvc.store import schema
-from warnsvc.store.db import insert_event
 from warnsvc.store.webhooks import generate_secret
 
 
@@ -158,19 +157,12 @@ webhooks:
             await conn.execute(schema.webhook_endpoints.insert(), rows)
 
         started, cpu_started = time.perf_counter(), time.process_time()
-        async with parts.store.engine.begin() as conn:
-            await insert_event(conn, _event(), parts.poller.recipients, now=datetime.now(UTC))
+        await parts.store.record_event(_event(), parts.poller.recipients, now=datetime.now(UTC))
         written = time.perf_counter()
         tried = await parts.dispatcher.drain()
         finished, cpu_finished = time.perf_counter(), time.process_time()
 
-        query = (
-            select(func.count())
-            .select_from(schema.outbox)
-            .where(schema.outbox.c.channel == "webhooks", schema.outbox.c.status == "delivered")
-        )
-        async with parts.store.engine.connect() as conn:
-            delivered = int((await conn.execute(query)).scalar_one())
+        delivered = (await parts.store.outbox.counts()).get(("webhooks", DELIVERED), 0)
         assert delivered == endpoints, f"only {delivered} of {endpoints} delivered"
         assert tried == endpoints + 1  # and the feeds row
         return {

@@ -19,11 +19,11 @@ from warnsvc.outbox import (
     IN_FLIGHT,
     PENDING,
     Delivery,
-    Outbox,
     RetryDecision,
 )
 from warnsvc.store import schema
 from warnsvc.store.db import Store
+from warnsvc.store.outbox import Outbox
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 LEASE = 60.0
@@ -72,16 +72,9 @@ async def enqueue(
     recipients: dict[str, list[str]] | None = None,
     now: datetime = T0,
 ) -> None:
-    await store.apply_poll(
-        source_id="gcr2p",
-        scale="gcr2p",
-        states=[],
-        history=[],
-        events=[event(i) for i in event_ids],
-        recipients=recipients if recipients is not None else {"webhooks": [HOOK_A, HOOK_B]},
-        observations=0,
-        now=now,
-    )
+    routes = recipients if recipients is not None else {"webhooks": [HOOK_A, HOOK_B]}
+    for event_id in event_ids:
+        await store.record_event(event(event_id), routes, now=now)
 
 
 async def rows(store: Store) -> dict[int, dict[str, Any]]:

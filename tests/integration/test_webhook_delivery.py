@@ -17,10 +17,9 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.integration.webhook_helpers import Receiver, make_event, make_settings
 from warnsvc.channels.webhooks import retry_after_seconds
-from warnsvc.model import EventType
+from warnsvc.model import Event, EventType
 from warnsvc.service import Components, build_components
 from warnsvc.store import schema
-from warnsvc.store.db import insert_event
 from warnsvc.store.webhooks import Filters, filters_of
 from warnsvc.web.api import event_schema
 
@@ -46,10 +45,9 @@ async def parts(tmp_path: Path) -> AsyncIterator[Components]:
     await components.close()
 
 
-async def emit(parts: Components, *events: object) -> None:
-    async with parts.store.engine.begin() as conn:
-        for event in events:
-            await insert_event(conn, event, parts.poller.recipients, now=datetime.now(UTC))  # type: ignore[arg-type]
+async def emit(parts: Components, *events: Event) -> None:
+    for event in events:
+        await parts.store.record_event(event, parts.poller.recipients, now=datetime.now(UTC))
 
 
 async def add(parts: Components, url: str, *, filters: Filters | None = None, partner="ngo-a"):
@@ -162,8 +160,8 @@ async def test_410_disables_the_endpoint_and_records_notices(
     assert len(receiver.received) == 1  # never retried
     stored = await parts.webhooks.endpoints.get(endpoint.id)
     assert stored is not None and not stored.enabled and "410" in (stored.disabled_reason or "")
-    notices = await parts.webhooks.endpoints.notices()
-    assert {n.recipient for n in notices} == {"operators", "ops@ngo-a.example"}
+    notices = await parts.store.notices.recent(kind="webhook.endpoint_disabled")
+    assert {n.recipient for n in notices} == {None, "ops@ngo-a.example"}  # None: the operators
 
     await emit(parts, make_event("evt_0000000000002"))  # a disabled endpoint gets no new rows
     assert len(await rows(parts)) == 1
