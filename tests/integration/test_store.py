@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, func, inspect, select, text
 
-from warnsvc.errors import StoreError
+from warnsvc.errors import StoreConflictError, StoreError
 from warnsvc.model import GCR2P_SCALE, Event, EventType, SituationState, Status
 from warnsvc.store import schema
 from warnsvc.store.db import CachedPage, HistoryEntry, Store
@@ -22,7 +23,16 @@ T1 = T0 + timedelta(minutes=1)
 T2 = T0 + timedelta(minutes=2)
 NK = "gcr2p:nagorno-karabakh"
 SUDAN = "gcr2p:sudan"
-TABLES = {"situations", "level_history", "events", "source_health", "fetch_cache", "outbox"}
+TABLES = {
+    "situations",
+    "level_history",
+    "events",
+    "source_health",
+    "fetch_cache",
+    "outbox",
+    "notices",
+    "replicas",
+}
 
 
 def sqlite_url(path: Path) -> str:
@@ -166,7 +176,10 @@ async def test_migrated_schema_equals_the_metadata(store: Store) -> None:
     assert differences == []
     assert indexes == {
         "level_history": ["ix_level_history_situation_id_id"],
-        "events": ["ix_events_situation_id_seq"],
+        "events": [
+            "ix_events_situation_id_seq",
+            "uq_events_situation_id_situation_revision",  # 0007_replicas: one event per change
+        ],
         "outbox": [
             "ix_outbox_channel_recipient_id",  # 0002_webhooks: deliveries of an endpoint
             "ix_outbox_channel_status",
@@ -223,7 +236,10 @@ async def test_apply_poll_writes_states_history_events_outbox_and_health(store: 
         recipients=recipients,
     )
     states = await store.situation_states("gcr2p")
-    assert states == {NK: state(NK, "imminent-risk"), SUDAN: state(SUDAN, "current-crisis")}
+    assert states == {  # the event moved NK's revision on; SUDAN had none
+        NK: replace(state(NK, "imminent-risk"), revision=1),
+        SUDAN: state(SUDAN, "current-crisis"),
+    }
     assert await store.level_history(NK) == [
         {
             "id": 1,
@@ -295,10 +311,14 @@ async def test_apply_poll_is_one_transaction(store: Store) -> None:
     health_before = await store.source_health("gcr2p")
     await store.record_failure("gcr2p", "timeout", now=T1)
 
-    with pytest.raises(StoreError, match="cannot record the poll of 'gcr2p'"):
+    # a duplicate key is a conflict now (as when another replica wrote the change first)
+    with pytest.raises(StoreConflictError, match="recorded the poll of 'gcr2p' first"):
         await poll(
             store,
-            states=[state(NK, "imminent-risk"), state(SUDAN, "current-crisis")],
+            states=[
+                replace(state(NK, "imminent-risk"), revision=before[NK].revision),
+                state(SUDAN, "current-crisis"),
+            ],
             history=[
                 HistoryEntry(
                     situation=NK,
@@ -444,8 +464,14 @@ async def test_fetch_cache_round_trip(store: Store) -> None:
 
 
 async def test_recent_events_newest_first(store: Store) -> None:
-    await poll(store, events=[event("evt_a", NK), event("evt_b", SUDAN)], now=T0)
-    await poll(store, events=[event("evt_c", NK, at=T1)], now=T1)
+    await poll(
+        store,
+        states=[state(NK), state(SUDAN)],
+        events=[event("evt_a", NK), event("evt_b", SUDAN)],
+        now=T0,
+    )
+    stored = await store.situation_states("gcr2p")  # evt_c moves NK on from its revision
+    await poll(store, states=[stored[NK]], events=[event("evt_c", NK, at=T1)], now=T1)
     assert [p["id"] for p in await store.recent_events()] == ["evt_c", "evt_b", "evt_a"]
     assert [p["id"] for p in await store.recent_events(limit=2)] == ["evt_c", "evt_b"]
     assert [p["id"] for p in await store.recent_events(situation=NK)] == ["evt_c", "evt_a"]
@@ -518,3 +544,200 @@ async def test_open_refuses_a_database_from_an_unknown_revision(tmp_path: Path) 
         assert await unmigrated.ping() is True
     finally:
         await unmigrated.close()
+
+
+# -- the migration line --------------------------------------------------------------------------
+
+OLD_HEADS = ("0002_webhooks", "0004_source_warnings", "0005_operator_alerts")
+
+
+def _script() -> Any:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from warnsvc.store.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config)
+
+
+def test_migrations_form_one_line_to_a_single_head() -> None:
+    script = _script()
+    heads = script.get_heads()
+    assert len(heads) == 1, heads  # one head: ``upgrade head`` and ``heads`` are the same
+    assert _migration_heads() == set(heads)
+    assert len(script.get_bases()) == 1
+    every = {rev.revision for rev in script.walk_revisions()}
+    reachable = {rev.revision for rev in script.iterate_revisions(heads[0], "base")}
+    assert reachable == every  # no revision is left off the line to the head
+    merge = script.get_revision("0006_merge")
+    assert set(merge.down_revision) == set(OLD_HEADS)  # the old heads are joined there
+    # from the merge on, every revision follows exactly one other: a line, no new branch
+    line = [script.get_revision(heads[0])]
+    while line[-1].revision != "0006_merge":
+        assert isinstance(line[-1].down_revision, str), line[-1].revision
+        line.append(script.get_revision(line[-1].down_revision))
+    assert "0007_replicas" in {r.revision for r in line}
+    assert all(len(r.nextrev) <= 1 for r in line)
+
+
+def _upgrade(connection: Connection, *targets: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from warnsvc.store.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    for target in targets:
+        command.upgrade(config, target)
+
+
+@pytest.mark.parametrize(
+    "engine_name", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def test_a_database_at_the_old_heads_upgrades_with_its_notices(
+    engine_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    if engine_name == "sqlite":
+        url = sqlite_url(tmp_path / "old.db")
+    else:
+        url = request.getfixturevalue("pg_url")
+    engine = create_async_engine(url)
+    old_operator = sa.table(
+        "operator_notices",
+        sa.column("kind"),
+        sa.column("subject"),
+        sa.column("detail", sa.JSON()),
+        sa.column("created_at", schema.UTCDateTime()),
+        sa.column("acknowledged_at", schema.UTCDateTime()),
+        sa.column("forwarded_at", schema.UTCDateTime()),
+    )
+    old_webhook = sa.table(
+        "webhook_notices",
+        sa.column("kind"),
+        sa.column("endpoint_id"),
+        sa.column("partner_id"),
+        sa.column("recipient"),
+        sa.column("message"),
+        sa.column("created_at", schema.UTCDateTime()),
+        sa.column("sent_at", schema.UTCDateTime()),
+    )
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, *OLD_HEADS)
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            assert {v for (v,) in version} == set(OLD_HEADS)
+            await conn.execute(
+                old_operator.insert(),
+                [
+                    {
+                        "kind": "source.unhealthy",
+                        "subject": "source gcr2p is failing: 3 polls in a row",
+                        "detail": {"source": "gcr2p", "failures": 3},
+                        "created_at": T0,
+                        "acknowledged_at": None,
+                        "forwarded_at": T0,
+                    },
+                    {
+                        "kind": "outbox.dead_letters",
+                        "subject": "5 webhooks deliveries are dead-lettered",
+                        "detail": {"channel": "webhooks", "dead": 5},
+                        "created_at": T2,
+                        "acknowledged_at": None,
+                        "forwarded_at": None,
+                    },
+                ],
+            )
+            await conn.execute(
+                old_webhook.insert(),
+                [
+                    {
+                        "kind": "endpoint_disabled",
+                        "endpoint_id": "ep_1",
+                        "partner_id": "acme",
+                        "recipient": "operators",
+                        "message": "Webhook endpoint ep_1 was disabled: HTTP 410.",
+                        "created_at": T1,
+                        "sent_at": T1,
+                    },
+                    {
+                        "kind": "endpoint_disabled",
+                        "endpoint_id": "ep_1",
+                        "partner_id": "acme",
+                        "recipient": "ops@acme.example",
+                        "message": "Webhook endpoint ep_1 was disabled: HTTP 410.",
+                        "created_at": T1 + timedelta(seconds=1),
+                        "sent_at": None,
+                    },
+                ],
+            )
+    finally:
+        await engine.dispose()
+
+    store = await Store.open(url)  # to the head
+    try:
+        async with store.engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            names = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            assert await conn.run_sync(_differences) == []
+            copied = (
+                (await conn.execute(select(schema.notices).order_by(schema.notices.c.id)))
+                .mappings()
+                .all()
+            )
+        assert {v for (v,) in version} == _migration_heads()
+        assert len(version) == 1
+        assert {"operator_notices", "webhook_notices"}.isdisjoint(names)
+        assert {"notices", "replicas"} <= names
+        disabled = "Webhook endpoint ep_1 was disabled: HTTP 410."
+        endpoint = {"endpoint": "ep_1", "partner": "acme"}
+        assert [
+            (
+                r["kind"],
+                r["subject"],
+                r["detail"],
+                r["recipient"],
+                r["created_at"],
+                r["forwarded_at"],
+            )
+            for r in copied
+        ] == [  # in the order they were made
+            (
+                "source.unhealthy",
+                "source gcr2p is failing: 3 polls in a row",
+                {"source": "gcr2p", "failures": 3},
+                None,
+                T0,
+                T0,
+            ),
+            ("webhook.endpoint_disabled", disabled, endpoint, None, T1, T1),  # "operators"
+            (
+                "webhook.endpoint_disabled",
+                disabled,
+                endpoint,
+                "ops@acme.example",
+                T1 + timedelta(seconds=1),
+                None,
+            ),
+            (
+                "outbox.dead_letters",
+                "5 webhooks deliveries are dead-lettered",
+                {"channel": "webhooks", "dead": 5},
+                None,
+                T2,
+                None,
+            ),
+        ]
+        recent = await store.notices.recent(kind="webhook.endpoint_disabled")
+        assert [(n.recipient, n.forwarded_at) for n in recent] == [
+            ("ops@acme.example", None),
+            (None, T1),
+        ]
+    finally:
+        await store.close()
