@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import Site, country_html
@@ -20,6 +19,7 @@ from tests.smtp_sink import Sink, free_port, start_sink
 from warnsvc.config import parse_config
 from warnsvc.service import Components, build_components
 from warnsvc.store import schema
+from warnsvc.store.notices import Notice
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
@@ -79,10 +79,13 @@ sources:
     return await build_components(parse_config(text, filename="t.yaml"))
 
 
+async def recorded(parts: Components) -> list[Notice]:
+    """Every notice, oldest first."""
+    return list(reversed(await parts.store.notices.recent(limit=1000)))
+
+
 async def notices(parts: Components) -> list[str]:
-    table = schema.operator_notices
-    async with parts.store.engine.connect() as conn:
-        return [r[0] for r in (await conn.execute(select(table.c.kind).order_by(table.c.id)))]
+    return [n.kind for n in await recorded(parts)]
 
 
 async def test_a_failing_source_is_reported_once_and_its_recovery_once(
@@ -150,9 +153,7 @@ async def test_a_level_word_outside_the_scale_is_reported_once_per_word(
             "source.unhealthy",
             "source.unknown_level",
         ]
-        table = schema.operator_notices
-        async with parts.store.engine.connect() as conn:
-            details = [r[0] for r in await conn.execute(select(table.c.detail))]
+        details = [n.detail for n in await recorded(parts)]
         assert [d.get("level") for d in details] == ["Extreme Danger", None, "Total Catastrophe"]
     finally:
         await parts.close()
@@ -230,22 +231,26 @@ async def test_a_disabled_webhook_endpoint_reaches_operators_and_the_partner_con
     parts = await make_parts(tmp_path, site, url, port)
     now = datetime.now(UTC)
     try:
-        async with parts.store.engine.begin() as conn:
-            for recipient in (OPERATORS, "it@ngo.example.org"):
-                await conn.execute(
-                    schema.webhook_notices.insert().values(
-                        kind="endpoint_disabled",
-                        endpoint_id="whep_1",
-                        partner_id="ngo",
-                        recipient=recipient,
-                        message="Webhook endpoint whep_1 was disabled: 410",
-                        created_at=now,
-                    )
-                )
+        endpoint, _ = await parts.store.endpoints.create(
+            url="https://hooks.ngo.example.org/warnsvc",
+            partner_id="ngo",
+            endpoint_id="whep_1",
+            now=now,
+        )
+        disabled = await parts.store.endpoints.disable(
+            endpoint, reason="HTTP 410", notify=(OPERATORS, "it@ngo.example.org"), now=now
+        )
+        assert disabled
+        told = await recorded(parts)
+        assert [(n.kind, n.recipient) for n in told] == [
+            ("webhook.endpoint_disabled", None),  # None: the operators
+            ("webhook.endpoint_disabled", "it@ngo.example.org"),
+        ]
+        assert all(n.detail == {"endpoint": "whep_1", "partner": "ngo"} for n in told)
         await parts.forward_notices()
         await parts.forward_notices()
         await parts.dispatcher.drain()
-        assert [b["kind"] for b in hook.bodies()] == ["endpoint_disabled"]
+        assert [b["kind"] for b in hook.bodies()] == ["webhook.endpoint_disabled"]
         assert sorted(r.rcpt_tos[0] for r in sink.received) == [
             "it@ngo.example.org",
             "ops@example.org",

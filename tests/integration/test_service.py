@@ -93,6 +93,11 @@ async def test_readiness_reports_a_source_past_its_failure_threshold(tmp_path: P
     service = service_for(tmp_path, site)
     await service.start()
     try:
+
+        async def leading() -> bool:
+            return service.leading
+
+        await wait_for(leading)  # only the leader polls; on SQLite it leads from its first check
         await service.poll_job("gcr2p")
         await service.poll_job("gcr2p")
         ready, checks = await service.readiness()
