@@ -102,12 +102,18 @@ class Cluster:
     def reconfigure(self, settings: Settings) -> None:
         self.me = replace(self.me, config_digest=config_digest(settings))
 
+    async def begin(self) -> None:
+        """The first leadership check and heartbeat, before :meth:`run` (on SQLite this
+        process leads from here on)."""
+        await self._lead_or_follow()
+        await self._beat()
+
     async def run(self) -> None:
         """Until :meth:`stop`: the leadership check and heartbeat, and the events check."""
         interval = self.leadership.interval
         follow = self.store.shared
-        next_beat = 0.0
         loop = asyncio.get_running_loop()
+        next_beat = loop.time() + interval
         while not self._stopping.is_set():
             if loop.time() >= next_beat:
                 next_beat = loop.time() + interval

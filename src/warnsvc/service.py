@@ -234,6 +234,7 @@ class Service:
             on_follow=self._follow,
             on_events=self._follow_events,
         )
+        await self.cluster.begin()
         self._cluster_task = asyncio.create_task(self.cluster.run(), name="cluster")
         self._write_pid()
         if self.settings.path is not None and self.settings.service.watch_config:

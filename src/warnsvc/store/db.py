@@ -316,9 +316,11 @@ class Store:
                     )
                 )
         except IntegrityError as exc:
-            raise StoreConflictError(
-                f"{state.situation} changed while the manual event was written; try again"
-            ) from exc
+            if await self._moved_on({state.situation: state.revision}):
+                raise StoreConflictError(
+                    f"{state.situation} changed while the manual event was written; try again"
+                ) from exc
+            raise StoreError(f"cannot record the manual event: {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the manual event: {exc}") from exc
 
@@ -359,7 +361,9 @@ class Store:
                         conn, state, scale=scale, now=now, bump=state.situation in changed
                     )
                 for event_ in events:
-                    revision = revisions.get(event_.situation, 0)
+                    if event_.situation not in revisions:
+                        raise ValueError(f"event {event_.id} comes without its situation's state")
+                    revision = revisions[event_.situation]
                     await insert_event(conn, event_, recipients, now=now, revision=revision)
                 for entry in history:
                     await conn.execute(
@@ -377,12 +381,27 @@ class Store:
                     conn, source_id, observations=observations, now=now, warnings=warnings
                 )
         except IntegrityError as exc:
-            # the unique transition key or the revision check: another writer was first
-            raise StoreConflictError(
-                f"another replica recorded the poll of {source_id!r} first"
-            ) from exc
+            if await self._moved_on(revisions):
+                # the unique transition key or the revision check: another writer was first
+                raise StoreConflictError(
+                    f"another replica recorded the poll of {source_id!r} first"
+                ) from exc
+            raise StoreError(f"cannot record the poll of {source_id!r}: {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot record the poll of {source_id!r}: {exc}") from exc
+
+    async def _moved_on(self, revisions: Mapping[str, int]) -> bool:
+        """Whether another writer moved any of these situations past the revision read."""
+        table = schema.situations
+        wanted = sorted(revisions)
+        found: dict[str, int] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 900):
+                query = select(table.c.id, table.c.revision).where(
+                    table.c.id.in_(wanted[start : start + 900])
+                )
+                found.update((sid, rev) for sid, rev in await conn.execute(query))
+        return any(sid in found and found[sid] != rev for sid, rev in revisions.items())
 
     # -- source health -----------------------------------------------------------------------
 
