@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import resource
 import socket
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,8 +41,8 @@ import aiohttp
 
 from warnsvc.config import parse_config
 from warnsvc.model import GCR2P_SCALE, Event, EventType
-from warnsvc.outbox import DELIVERED
-from warnsvc.service import build_components
+from warnsvc.outbox import DELIVERED, IN_FLIGHT, PENDING
+from warnsvc.service import Components, build_components
 from warnsvc.store import schema
 from warnsvc.store.webhooks import generate_secret
 
@@ -118,12 +121,11 @@ async def baseline(
         return endpoints / elapsed
 
 
-async def warnsvc_run(
-    base: str, endpoints: int, concurrency: int, workdir: Path, batch: int = 1000, parallel: int = 3
-) -> dict[str, float]:
-    settings = parse_config(
-        f"""
-storage: {{url: "sqlite+aiosqlite:///{workdir}/bench.db"}}
+def _settings_text(
+    database: str, workdir: Path, concurrency: int, batch: int, parallel: int
+) -> str:
+    return f"""
+storage: {{url: "{database}"}}
 feeds: {{dir: "{workdir}/feeds"}}
 webhooks:
   allow_networks: ["127.0.0.0/8"]
@@ -131,10 +133,57 @@ webhooks:
   per_endpoint: 4
   batch: {batch}
   parallel_batches: {parallel}
-""",
-        filename="bench.yaml",
+"""
+
+
+async def _dispatch_until_done(parts: Components) -> int:
+    """Drain until no webhook row is pending or in flight anywhere (other replicas too)."""
+    tried = 0
+    while True:
+        tried += await parts.dispatcher.drain()
+        counts = await parts.store.outbox.counts()
+        if not any(counts.get(("webhooks", state), 0) for state in (PENDING, IN_FLIGHT)):
+            return tried
+        await asyncio.sleep(0.005)  # rows another replica holds: look again
+
+
+def _replica(text: str, ready: Any, go: Any, results: Any) -> None:  # a child process
+    async def run() -> None:
+        parts = await build_components(
+            parse_config(text, filename="bench.yaml"), with_sources=False
+        )
+        try:
+            ready.set()
+            await asyncio.to_thread(go.wait)
+            cpu_started = time.process_time()
+            tried = await _dispatch_until_done(parts)
+            results.put((tried, time.process_time() - cpu_started))
+        finally:
+            await parts.close()
+
+    asyncio.run(run())
+
+
+async def warnsvc_run(
+    base: str,
+    endpoints: int,
+    concurrency: int,
+    workdir: Path,
+    batch: int = 1000,
+    parallel: int = 3,
+    *,
+    database: str | None = None,
+    replicas: int = 1,
+) -> dict[str, float]:
+    """Write one event for ``endpoints`` endpoints and deliver it with ``replicas`` dispatching
+    replicas: this process and ``replicas - 1`` child processes on the same database."""
+    text = _settings_text(
+        database or f"sqlite+aiosqlite:///{workdir}/bench.db", workdir, concurrency, batch, parallel
     )
-    parts = await build_components(settings)
+    parts = await build_components(parse_config(text, filename="bench.yaml"))
+    context = multiprocessing.get_context("spawn")
+    go, results = context.Event(), context.Queue()
+    children = []
     try:
         now = datetime.now(UTC)
         rows = [
@@ -154,29 +203,67 @@ webhooks:
             for n in range(endpoints)
         ]
         async with parts.store.engine.begin() as conn:
-            await conn.execute(schema.webhook_endpoints.insert(), rows)
+            for start in range(0, len(rows), 5000):
+                await conn.execute(schema.webhook_endpoints.insert(), rows[start : start + 5000])
+        for _ in range(replicas - 1):
+            ready = context.Event()
+            child = context.Process(target=_replica, args=(text, ready, go, results), daemon=True)
+            child.start()
+            children.append(child)
+            if not await asyncio.to_thread(ready.wait, 60):
+                raise RuntimeError("a dispatching replica did not start")
 
         started, cpu_started = time.perf_counter(), time.process_time()
         await parts.store.record_event(_event(), parts.poller.recipients, now=datetime.now(UTC))
         written = time.perf_counter()
-        tried = await parts.dispatcher.drain()
+        go.set()
+        tried = await _dispatch_until_done(parts)
         finished, cpu_finished = time.perf_counter(), time.process_time()
+        others = [await asyncio.to_thread(results.get, True, 60) for _ in children]
 
         delivered = (await parts.store.outbox.counts()).get(("webhooks", DELIVERED), 0)
         assert delivered == endpoints, f"only {delivered} of {endpoints} delivered"
-        assert tried == endpoints + 1  # and the feeds row
+        assert tried + sum(t for t, _ in others) == endpoints + 1  # and the feeds row
         return {
             "throughput": endpoints / (finished - started),
             "write_seconds": written - started,
             "dispatch_seconds": finished - written,
             "dispatch_throughput": endpoints / (finished - written),
-            "cpu_seconds": cpu_finished - cpu_started,
+            "cpu_seconds": cpu_finished - cpu_started + sum(c for _, c in others),
+            "shares": [tried, *(t for t, _ in others)],
         }
     finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.terminate()
         await parts.close()
 
 
-async def main(endpoints: int, concurrency: int, batch: int, parallel: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def _database(store: str, url: str | None) -> Iterator[str | None]:
+    """The database URL to measure on: SQLite (None: a file in the work folder), the given
+    PostgreSQL URL, or a throw-away PostgreSQL server (the tests' own, tests/pgserver.py)."""
+    if store == "sqlite" or url:
+        yield url
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.pgserver import PostgresServer
+
+    with PostgresServer.start() as server:
+        yield server.url
+
+
+async def main(
+    endpoints: int,
+    concurrency: int,
+    batch: int,
+    parallel: int,
+    *,
+    store: str = "sqlite",
+    database: str | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
     port = _free_port()
     context = multiprocessing.get_context("spawn")
     count = context.Value("q", 0)
@@ -191,8 +278,17 @@ async def main(endpoints: int, concurrency: int, batch: int, parallel: int) -> d
         await baseline(base, min(endpoints, 1000), concurrency, body)  # warm up both sides
         cpu: list[float] = []
         first = await baseline(base, endpoints, concurrency, body, cpu)
-        with tempfile.TemporaryDirectory() as tmp:
-            ours = await warnsvc_run(base, endpoints, concurrency, Path(tmp), batch, parallel)
+        with tempfile.TemporaryDirectory() as tmp, _database(store, database) as url:
+            ours = await warnsvc_run(
+                base,
+                endpoints,
+                concurrency,
+                Path(tmp),
+                batch,
+                parallel,
+                database=url,
+                replicas=replicas,
+            )
         second = await baseline(base, endpoints, concurrency, body, cpu)
         best = max(first, second)
         received = count.value
@@ -201,6 +297,8 @@ async def main(endpoints: int, concurrency: int, batch: int, parallel: int) -> d
         child.join(5)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {
+        "store": store,
+        "replicas": replicas,
         "endpoints": endpoints,
         "concurrency": concurrency,
         "throughput": round(ours["throughput"], 1),
@@ -211,7 +309,8 @@ async def main(endpoints: int, concurrency: int, batch: int, parallel: int) -> d
         "write_seconds": round(ours["write_seconds"], 3),
         "dispatch_seconds": round(ours["dispatch_seconds"], 3),
         "baseline_runs": [round(first, 1), round(second, 1)],
-        # CPU this process spent per request: steadier than rates on a shared, busy machine
+        "rows_per_replica": ours["shares"],
+        # CPU spent per request (every dispatching replica): steadier than rates on a busy machine
         "cpu_us_per_delivery": round(ours["cpu_seconds"] / endpoints * 1e6, 1),
         "baseline_cpu_us_per_request": round(min(cpu) / endpoints * 1e6, 1),
         "cpu_ratio": round(min(cpu) / ours["cpu_seconds"], 3),
@@ -225,11 +324,31 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1000, help="webhooks.batch")
     parser.add_argument("--parallel", type=int, default=3, help="webhooks.parallel_batches")
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the engine (postgresql: a throw-away server unless --database-url)",
+    )
+    parser.add_argument("--database-url", help="a postgresql+asyncpg:// URL to measure on")
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="dispatching replicas (processes) on the database"
+    )
     args = parser.parse_args()
-    result = asyncio.run(main(args.endpoints, args.concurrency, args.batch, args.parallel))
+    result = asyncio.run(
+        main(
+            args.endpoints,
+            args.concurrency,
+            args.batch,
+            args.parallel,
+            store=args.store,
+            database=args.database_url,
+            replicas=args.replicas,
+        )
+    )
     print(
-        f"{result['endpoints']} endpoints: warnsvc {result['throughput']}/s "
-        f"(write {result['write_seconds']}s, dispatch {result['dispatch_seconds']}s), "
-        f"bare aiohttp {result['baseline']}/s"
+        f"{result['endpoints']} endpoints on {result['store']} with {result['replicas']} "
+        f"replica(s): warnsvc {result['throughput']}/s (write {result['write_seconds']}s, "
+        f"dispatch {result['dispatch_seconds']}s), bare aiohttp {result['baseline']}/s"
     )
     print(json.dumps(result))
