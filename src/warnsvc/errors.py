@@ -13,6 +13,9 @@ Every error the service raises on purpose derives from :class:`WarnsvcError`::
     │       │                           or path that matches nothing
     │       ├── UnknownLevelError       a level name that the scale does not know
     │       └── UnsafeXmlError          XML with a DTD, entity declarations or external references
+    ├── StartupError                the service cannot start: the operator's to fix (exit 2)
+    │   ├── ListenError             the HTTP port is taken, or not ours to bind
+    │   └── StoreUnavailableError   (also a StoreError) cannot connect to the database
     ├── StoreError                  the database refused or is unreachable
     │   ├── StoreUnavailableError   cannot connect (wrong password, host or database)
     │   └── StoreConflictError      another replica wrote the same change first
@@ -103,7 +106,15 @@ class StoreError(WarnsvcError):
     """The store failed."""
 
 
-class StoreUnavailableError(StoreError):
+class StartupError(WarnsvcError):
+    """The service cannot start with this configuration on this machine."""
+
+
+class ListenError(StartupError):
+    """The HTTP address cannot be listened on."""
+
+
+class StoreUnavailableError(StoreError, StartupError):
     """The database cannot be reached."""
 
 

@@ -2,6 +2,11 @@
 
 Records about work carry an ``action`` and the ids they concern (``source``, ``situation``,
 ``event``, ``delivery``) through ``extra=``; both formats print them.
+
+A request that aiohttp cannot parse (a header over its size limit, a malformed line) is logged
+by aiohttp with a traceback and the offending bytes, which may be a credential (an oversized
+``Authorization`` header starts with the key). :class:`MalformedRequests` turns those records
+into one short warning that names the problem, never the bytes.
 """
 
 from __future__ import annotations
@@ -49,6 +54,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
+class MalformedRequests(logging.Filter):
+    """One short line, without the request's bytes, for requests the HTTP parser refused."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or type(error).__module__ != "aiohttp.http_exceptions":
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        status = getattr(error, "code", 400)
+        record.msg = "refused a malformed HTTP request from %s: %s (%s)"
+        record.args = (remote, _PARSER_ERRORS.get(type(error).__name__, "unparsable"), status)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        record.__dict__["action"] = "request_refused"
+        return True
+
+
+_PARSER_ERRORS = {
+    "LineTooLong": "a header or the request line is too long",
+    "InvalidHeader": "an invalid header",
+    "BadStatusLine": "an invalid request line",
+    "BadHttpMethod": "an invalid method",
+    "TransferEncodingError": "an invalid transfer encoding",
+    "ContentLengthError": "an invalid content length",
+}
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -57,3 +89,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "aiohttp.access", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import random
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
 from warnsvc.cluster import Cluster
 from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
-from warnsvc.errors import ConfigError, StoreError
+from warnsvc.errors import ConfigError, ListenError, StoreError
 from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
@@ -52,6 +54,10 @@ from warnsvc.web.app import make_app
 from warnsvc.webhook_wiring import Webhooks, build_webhooks
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST = 60.0
+"""Seconds before the first retry of a failed poll; each further failure doubles it, up to the
+source's interval (a failing source is retried within minutes, not after hours)."""
 
 
 def user_agent(settings: Settings) -> str:
@@ -210,6 +216,10 @@ class Service:
         self.webhook_api: WebhookApi | None = None
         self.cluster: Cluster | None = None
         self._cluster_task: asyncio.Task[None] | None = None
+        self._failures: dict[str, int] = {}
+        """Failed polls in a row, by source, for the retry backoff."""
+        self._stopping = False
+        self._serving = False
 
     @property
     def leading(self) -> bool:
@@ -217,6 +227,7 @@ class Service:
 
     async def start(self) -> None:
         self.parts = await build_components(self.settings)
+        await self._start_web()  # first: a port in use fails at once, before any work
         await self.parts.feeds.rebuild()  # subscribers can fetch empty feeds from the start
         self._dispatch_task = asyncio.create_task(self.parts.dispatcher.run(), name="dispatcher")
         if self.parts.email is not None:
@@ -224,7 +235,6 @@ class Service:
             self.parts.email.start(on_digests=self.parts.dispatcher.wake)
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.start()
-        await self._start_web()
         http = self.settings.service.http
         self.cluster = Cluster(
             self.parts.store,
@@ -431,6 +441,16 @@ class Service:
             return PollReport(source_id=source_id, ok=False, error="not the leader")
         try:
             report = await self.parts.poller.poll(source_id)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # a shutdown during a poll: nothing of it was written, and that is no error
+            log.info(
+                "poll of %s interrupted by the shutdown",
+                source_id,
+                extra={"action": "poll_interrupted", "source": source_id},
+            )
+            return PollReport(source_id=source_id, ok=False, error="interrupted by shutdown")
         except StoreError as exc:
             # the database is away: nothing was written; the next poll tries again
             log.error(
@@ -439,7 +459,7 @@ class Service:
                 exc,
                 extra={"action": "poll_not_recorded", "source": source_id},
             )
-            return PollReport(source_id=source_id, ok=False, error=str(exc))
+            report = PollReport(source_id=source_id, ok=False, error=str(exc))
         except Exception:
             log.exception(
                 "poll of %s crashed",
@@ -447,6 +467,7 @@ class Service:
                 extra={"action": "poll_crashed", "source": source_id},
             )
             raise
+        self._retry_soon_if_failed(report)
         if report.events:
             self.parts.dispatcher.wake()
         if report.pending and self.scheduler is not None:
@@ -469,6 +490,31 @@ class Service:
             )
         return report
 
+    def _retry_soon_if_failed(self, report: PollReport) -> None:
+        """A failed poll is tried again after a backoff (about a minute, doubling up to the
+        source's interval), not a whole interval later; a good poll resets the backoff."""
+        source_id = report.source_id
+        if report.ok:
+            self._failures.pop(source_id, None)
+            return
+        failures = self._failures[source_id] = self._failures.get(source_id, 0) + 1
+        job = self.scheduler.get_job(f"poll:{source_id}") if self.scheduler else None
+        interval = self.settings.source(source_id).interval
+        delay = min(RETRY_FIRST * 2 ** min(failures - 1, 30), interval)
+        delay *= random.uniform(0.9, 1.0)  # replicas and sources do not retry in step
+        if job is None or self.scheduler is None or delay >= interval * 0.9:
+            return
+        when = _now() + timedelta(seconds=delay)
+        if job.next_run_time is None or when < job.next_run_time:
+            self.scheduler.modify_job(job.id, next_run_time=when)
+            log.info(
+                "source %s failed %d time(s) in a row; next try in %.0fs",
+                source_id,
+                failures,
+                delay,
+                extra={"action": "poll_retry_scheduled", "source": source_id},
+            )
+
     async def _start_web(self) -> None:
         http = self.settings.service.http
         app = make_app(
@@ -487,7 +533,13 @@ class Service:
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, http.host, http.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            reason = {errno.EADDRINUSE: "address in use", errno.EACCES: "permission denied"}
+            why = reason.get(exc.errno or 0, exc.strerror or str(exc))
+            raise ListenError(f"cannot listen on {http.host}:{http.port}: {why}") from None
+        self._serving = True
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else http.port
@@ -572,6 +624,7 @@ class Service:
 
     async def stop(self) -> None:
         """Stop polling, let in-flight work finish within the timeout, close everything."""
+        self._stopping = True
         timeout = self.settings.service.shutdown_timeout
         if self._watch_task is not None:
             self._watch_task.cancel()
@@ -599,8 +652,9 @@ class Service:
         if self.runner is not None:
             await self.runner.cleanup()
         self._remove_pid()
-        if self.parts is not None:  # else it never started: the error says why, alone
+        if self.parts is not None:
             await self.parts.close()
+        if self._serving:  # else it never started: the error says why, alone
             log.info("stopped", extra={"action": "service_stopped"})
 
     def request_stop(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -110,5 +111,54 @@ async def test_readiness_reports_a_source_past_its_failure_threshold(tmp_path: P
                 assert (await resp.json())["status"] == "not ready"
             async with http.get(f"http://127.0.0.1:{service.port}/healthz") as resp:
                 assert resp.status == 200
+    finally:
+        await service.stop()
+
+
+async def test_a_failing_source_is_retried_within_minutes_not_an_interval(
+    tmp_path: Path, site: Site
+):
+    """interval 1h: after a failure the next try comes after about a minute, then two, ...;
+    a good poll puts the source back on its interval."""
+    site.set("/populations-at-risk/", "down", status=500)
+    service = service_for(tmp_path, site)
+    await service.start()
+    try:
+        scheduler, parts = service.scheduler, service.parts
+        assert scheduler is not None and parts is not None
+
+        async def polled(times: int) -> None:
+            async def done() -> bool:
+                health = await parts.store.source_health("gcr2p")
+                return (
+                    health is not None
+                    and health.last_poll_at is not None
+                    and (health.consecutive_failures >= times or health.healthy)
+                )
+
+            await wait_for(done)
+            await asyncio.sleep(0.2)  # the job reschedules itself after recording
+
+        def next_try() -> float:
+            job = scheduler.get_job("poll:gcr2p")
+            assert job is not None and job.next_run_time is not None
+            seconds: float = (job.next_run_time - datetime.now(UTC)).total_seconds()
+            return seconds
+
+        def run_now() -> None:  # as if the scheduled time had come
+            scheduler.modify_job("poll:gcr2p", next_run_time=datetime.now(UTC))
+
+        await polled(1)  # the first poll runs at start
+        assert 50 <= next_try() <= 61  # about a minute, not an hour
+        run_now()
+        await polled(2)
+        assert 100 <= next_try() <= 121  # doubled
+        _, checks = await service.readiness()  # what warnsvc status shows as the next try
+        shown = datetime.fromisoformat(checks["next_polls"]["gcr2p"])
+        assert 100 <= (shown - datetime.now(UTC)).total_seconds() <= 121
+        publish(site, "Imminent Risk")
+        run_now()
+        await polled(99)  # until healthy
+        assert 3500 <= next_try() <= 3600  # back on its interval
     finally:
         await service.stop()
