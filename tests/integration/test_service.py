@@ -72,11 +72,17 @@ async def test_a_change_is_confirmed_by_the_scheduled_refetch_and_served(
         base = f"http://127.0.0.1:{service.port}"
 
         async def feed_has_entry() -> bool:
-            async with aiohttp.ClientSession() as http, http.get(f"{base}/feeds/alerts.atom") as r:
+            # the situation's feed: a rebuild writes it after alerts.atom (one file at a time)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{base}/feeds/situations/gcr2p:mali.atom") as r,
+            ):
                 return "Imminent Risk -&gt; Current Crisis" in await r.text()
 
         await wait_for(feed_has_entry)
         async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/feeds/alerts.atom") as resp:
+                assert "Imminent Risk -&gt; Current Crisis" in await resp.text()
             async with http.get(f"{base}/feeds/situations/gcr2p:mali.atom") as resp:
                 feed = feedparser.parse(await resp.text())
                 assert [e.title for e in feed.entries] == ["Mali: Imminent Risk -> Current Crisis"]
