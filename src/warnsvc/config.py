@@ -768,6 +768,29 @@ def _webhook_secret(value: str) -> str:
     return value
 
 
+API_KEY_MIN_LENGTH = 24
+_API_KEY_RULE = (
+    f"must be at least {API_KEY_MIN_LENGTH} characters with no whitespace or control characters"
+)
+
+
+def _api_key(value: str | None) -> str | None:
+    """A partner's bearer key: too long to guess, and sendable as one ``Bearer`` token.
+
+    The message says what is wrong with the key and never shows the key.
+    """
+    if value is None:
+        return None
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise ValueError(
+            f"{_API_KEY_RULE}; this one has some (a stray space or line break in the "
+            "environment variable?)"
+        )
+    if len(value) < API_KEY_MIN_LENGTH:
+        raise ValueError(f"{_API_KEY_RULE}, not {len(value)} characters")
+    return value
+
+
 def _network(value: str) -> str:
     import ipaddress
 
@@ -809,7 +832,7 @@ class PartnerSettings(_Section):
     id: Slug
     name: str = Field(default="", min_length=1)  # the default comes from the id
     contact: str | None = None
-    api_key: str | None = Field(default=None, min_length=24, repr=False)
+    api_key: Annotated[str | None, AfterValidator(_api_key)] = Field(default=None, repr=False)
     api_key_sha256: str | None = None
 
     @model_validator(mode="before")

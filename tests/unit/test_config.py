@@ -402,6 +402,39 @@ def test_messages(text: str, expected: str) -> None:
     assert problem.startswith(f"{FILE}:{expected}")
 
 
+PARTNER_WITH_KEY = """\
+webhooks:
+  partners:
+    - id: ngo-a
+      api_key: ${NGO_A_API_KEY}
+"""
+KEY_RULE = "must be at least 24 characters with no whitespace or control characters"
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("k" * 23, f"{KEY_RULE}, not 23 characters"),
+        ("", f"{KEY_RULE}, not 0 characters"),
+        (" " * 24, f"{KEY_RULE}; this one has some"),
+        ("k" * 24 + "\n", f"{KEY_RULE}; this one has some"),
+        ("k" * 12 + " " + "k" * 12, f"{KEY_RULE}; this one has some"),
+        ("k" * 24 + "\x00", f"{KEY_RULE}; this one has some"),
+    ],
+)
+def test_api_key_rule_is_stated_and_enforced(key: str, expected: str) -> None:
+    [problem] = problems(PARTNER_WITH_KEY, {"NGO_A_API_KEY": key})
+
+    assert problem.startswith(f"{FILE}:4: webhooks.partners[0].api_key: {expected}")
+    assert "kkkk" not in problem  # never shows the key
+
+
+def test_api_key_of_24_characters_is_accepted() -> None:
+    settings = parse(PARTNER_WITH_KEY, {"NGO_A_API_KEY": "k" * 24})
+
+    assert settings.webhooks.partners[0].api_key == "k" * 24
+
+
 def test_default_jitter_longer_than_interval_is_reported_at_the_source() -> None:
     text = """\
 sources:
