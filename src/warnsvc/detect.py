@@ -12,15 +12,20 @@ Transitions and the events they give::
     not listed  -> assessed at L         situation.listed
     assessed L  -> assessed M, M > L     risk.escalated
     assessed L  -> assessed M, M < L     risk.deescalated
-    assessed    -> previously studied    situation.delisted   (authoritative sources only)
-    assessed    -> missing from the list situation.delisted   (authoritative sources only)
+    assessed    -> previously studied    situation.delisted   (any source: the page says so)
     assessed    -> cancelled or expired  situation.delisted   (any source: the alert ends itself)
+    assessed    -> missing from the list situation.delisted   (authoritative sources only)
     assessed L  -> assessed L, newer page date or new analysis   situation.updated (no confirmation)
 
+What an observation says of its own situation counts whatever the source: its level, that it
+is no longer assessed (GCR2P's "Previously Studied Situations": a delisting, and a return from
+there a listing), or that it has ended (a cancelled or expired CAP alert: a delisting, whatever
+severity the message still states). Only *absence* from a list needs an authoritative source.
+
 A page at the confirmed level that is older than the stored one, or undated where the stored
-one has a date (a stale cache, a parse that missed the date), or a non-authoritative page that
-does not assess the situation, is no update: no event, and the stored analysis stays (only a
-pending candidate is dropped), so the current page seen again afterwards is no update either.
+one has a date (a stale cache, a parse that missed the date), or a page of unknown severity,
+is no update: no event, and the stored analysis stays (only a pending candidate is dropped), so
+the current page seen again afterwards is no update either.
 
 An observation that carries a ``problem`` (an item the source could not read) is skipped and
 reported in ``skipped``; its situation keeps its state and is not missing from the list.
@@ -36,7 +41,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 
 from warnsvc.model import (
-    ENDING_STATUSES,
     Event,
     EventType,
     Level,
@@ -113,18 +117,9 @@ def detect_changes(
         seen.add(obs.situation)
         prior = previous.get(obs.situation)
         if result.baseline:
-            result.states.append(_refresh(prior, obs, source_id, _target_of(obs, prior, True)))
+            result.states.append(_refresh(prior, obs, source_id, _target_of(obs, prior)))
             continue
-        _observe(
-            result,
-            prior,
-            obs,
-            scale=scale,
-            source_id=source_id,
-            authoritative=authoritative,
-            policy=policy,
-            now=now,
-        )
+        _observe(result, prior, obs, scale=scale, source_id=source_id, policy=policy, now=now)
     if authoritative and not result.baseline:
         for sid, prior in previous.items():
             if sid not in seen and sid not in unreadable:
@@ -132,17 +127,16 @@ def detect_changes(
     return result
 
 
-def _target_of(obs: Observation, prior: SituationState | None, authoritative: bool) -> Target:
-    """Where an observation moves a situation. A status that ends it (a cancelled or expired
-    alert) counts from any source; others only from an authoritative one, and a level that
-    is unknown (``severity-unknown``) never moves a situation that has a state."""
+def _target_of(obs: Observation, prior: SituationState | None) -> Target:
+    """Where an observation moves its situation, from any source: to its level when assessed,
+    else out of the list (previously studied, cancelled, expired: the level a message may still
+    state is not an assessment). A level that is unknown (``severity-unknown``) never moves a
+    situation that has a state."""
     if obs.status is Status.ASSESSED:
         return (obs.level, Status.ASSESSED)
-    if prior is None or obs.status in ENDING_STATUSES:
-        return (None, obs.status)
-    if authoritative and obs.status is not Status.SEVERITY_UNKNOWN:
-        return (None, obs.status)
-    return (prior.level, prior.status)
+    if prior is not None and obs.status is Status.SEVERITY_UNKNOWN:
+        return (prior.level, prior.status)
+    return (None, obs.status)
 
 
 def _current_of(prior: SituationState | None) -> Target:
@@ -156,11 +150,10 @@ def _observe(
     *,
     scale: Scale,
     source_id: str,
-    authoritative: bool,
     policy: DetectionPolicy,
     now: datetime,
 ) -> None:
-    target = _target_of(obs, prior, authoritative)
+    target = _target_of(obs, prior)
     current = _current_of(prior)
     kind = _classify(current, target, scale)
     if target == current or kind is None:
@@ -268,9 +261,9 @@ def _classify(current: Target, target: Target, scale: Scale) -> EventType | None
 def _is_stale(prior: SituationState, obs: Observation) -> bool:
     """The observation says nothing newer than the stored state about its level.
 
-    That is a page that does not assess the situation although the state stands (a
-    non-authoritative source's "previously studied"), a page older than the stored one, or an
-    undated page where the stored one has a date.
+    That is a page that does not assess the situation although the state stands (an unknown
+    severity), a page older than the stored one, or an undated page where the stored one has a
+    date.
     """
     if obs.status is not prior.status:
         return True

@@ -405,12 +405,8 @@ def test_previously_studied_then_missing_restarts_the_count() -> None:
     assert kinds(feed.poll()) == [(EventType.DELISTED, NK)]
 
 
-def test_non_authoritative_source_never_delists() -> None:
+def test_non_authoritative_source_never_delists_a_missing_situation() -> None:
     feed = listed((NK, "imminent-risk"), authoritative=False)
-    for _ in range(3):
-        detection = feed.poll(ps(NK, day=D3, summary="Previously studied."))
-        assert detection.changes == []
-        assert detection.pending == []
     for _ in range(3):
         detection = feed.poll()
         assert detection.changes == []
@@ -421,10 +417,42 @@ def test_non_authoritative_source_never_delists() -> None:
         Status.ASSESSED,
         False,
     )
-    # the assessment is not overwritten by a page that does not assess
     assert (state.date, state.summary) == (D2, "The blockade continues.")
     # a later assessment that is newer is an update
     assert kinds(feed.poll(obs(NK, "imminent-risk", day=D3))) == [(EventType.UPDATED, NK)]
+
+
+def test_a_page_that_calls_its_situation_previously_studied_delists_it_from_any_source() -> None:
+    """What a page says of its own situation counts whatever the source kind (issue 11, item 1):
+    a `gcr2p-page` source reading "Previously Studied Situations" delists, and the page's
+    return to the list is a listing, not a de-escalation from the level it had before."""
+    feed = listed((NK, "imminent-risk"), authoritative=False)
+    studied = ps(NK, day=None, summary="Previously studied.")
+    first = feed.poll(studied)
+    assert (first.changes, first.pending) == ([], [NK])
+    delisted = feed.poll(studied)
+    assert [(c.type, c.level, c.previous_level, c.status) for c in delisted.changes] == [
+        (EventType.DELISTED, None, IR, Status.PREVIOUSLY_STUDIED)
+    ]
+    assert delisted.changes[0].summary == "The blockade continues."  # the last assessment's
+    assert (feed.states[NK].level, feed.states[NK].status) == (None, Status.PREVIOUSLY_STUDIED)
+    assert feed.poll(studied).changes == []
+
+    back = obs(NK, "serious-concern", day=D3, summary="Tensions rise again.")
+    assert feed.poll(back).pending == [NK]
+    returned = feed.poll(back)
+    assert [(c.type, c.level, c.previous_level, c.previous_status) for c in returned.changes] == [
+        (EventType.LISTED, SC, None, Status.PREVIOUSLY_STUDIED)
+    ]
+    assert returned.changes[0].summary == "Tensions rise again."
+
+
+def test_a_previously_studied_page_for_one_poll_is_a_glitch_from_any_source() -> None:
+    feed = listed((NK, "imminent-risk"), authoritative=False)
+    assert feed.poll(ps(NK)).pending == [NK]
+    back = feed.poll(obs(NK, "imminent-risk"))
+    assert (back.changes, back.pending) == ([], [])
+    assert (feed.states[NK].level, feed.states[NK].has_pending) == ("imminent-risk", False)
 
 
 def test_non_authoritative_source_records_previously_studied_of_unknown_situation() -> None:
@@ -796,15 +824,52 @@ def test_replaying_a_poll_after_a_confirmation_emits_nothing(
         assert {s: feed.states[s] for s in changed} == before
 
 
+def reference_without_authority(
+    values: Sequence[str], confirmations: int, *, baseline: bool
+) -> list[tuple[EventType, str | None, str | None] | None]:
+    """The run-length reference for a source that is not authoritative: a situation missing
+    from a poll is simply not observed (no change, no sighting), while a page that says
+    "previously studied" counts as it does from the index."""
+    seen = [i for i, value in enumerate(values) if value != MISSING]
+    found = reference(
+        [values[i] for i in seen], confirmations, baseline=baseline and seen[:1] == [0]
+    )
+    out: list[tuple[EventType, str | None, str | None] | None] = [None] * len(values)
+    for i, result in zip(seen, found, strict=True):
+        out[i] = result
+    return out
+
+
 @PROPERTY
-@given(polls=polls_strategy, confirmations=confirmations_strategy)
-def test_non_authoritative_source_never_delists_property(
-    polls: list[Poll], confirmations: int
+@given(polls=polls_strategy, confirmations=confirmations_strategy, baseline=st.booleans())
+def test_non_authoritative_source_delists_only_what_its_pages_call_previously_studied(
+    polls: list[Poll], confirmations: int, baseline: bool
 ) -> None:
     feed = Feed(confirmations=confirmations, authoritative=False)
-    for i, poll in enumerate(polls):
-        detection = feed.poll(*observations_of(poll), baseline=i == 0)
-        assert all(c.type is not EventType.DELISTED for c in detection.changes)
+    detections = [
+        feed.poll(*observations_of(poll), baseline=baseline and i == 0)
+        for i, poll in enumerate(polls)
+    ]
+    for situation in SITUATIONS:
+        values = [p[situation] for p in polls]
+        expected = reference_without_authority(values, confirmations, baseline=baseline)
+        actual = []
+        for detection in detections:
+            mine = [c for c in detection.changes if c.situation == situation]
+            assert len(mine) <= 1
+            actual.append(
+                (
+                    mine[0].type,
+                    mine[0].level.id if mine[0].level else None,
+                    mine[0].previous_level.id if mine[0].previous_level else None,
+                )
+                if mine
+                else None
+            )
+        assert actual == expected
+        for value, change in zip(values, actual, strict=True):
+            if change is not None and change[0] is EventType.DELISTED:
+                assert value == STUDIED
 
 
 @PROPERTY

@@ -878,7 +878,8 @@ def _dedupe(cards: list[_Card]) -> list[_Card]:
 
 
 class CountryPageSource:
-    """One GCR2P country page, polled on its own. Never authoritative: it cannot delist."""
+    """One GCR2P country page, polled on its own. Not authoritative: its page going missing
+    delists nothing; the page saying "Previously Studied Situations" delists its situation."""
 
     def __init__(self, info: SourceInfo, loader: PageLoader, url: str) -> None:
         self.info = info
