@@ -17,7 +17,9 @@ One observation per *alert*, not per message:
   ``cap-severity``: Minor < Moderate < Severe < Extreme). ``Unknown`` severity gives level null
   and status ``severity-unknown``; a word outside the scale skips the message (reported).
 * ``Cancel`` gives status ``cancelled`` and an alert whose ``expires`` has passed status
-  ``expired``: both end the alert (a ``situation.delisted`` event) whatever the source.
+  ``expired``, with the severity the message states as its level (null when unknown or off the
+  scale, never a reason to skip the message). What that means is the detector's call: either
+  ends the alert (a ``situation.delisted`` event) whatever the source.
 * ``Ack`` and ``Error`` messages, and messages whose ``status`` is not ``Actual`` (exercises,
   tests, drafts, system messages), say nothing about an alert's state and are ignored.
 
@@ -301,20 +303,29 @@ def _observe(
         summary=_value(info, "description", ns),
         extra=extra,
     )
-    if message.msg_type == "cancel":
-        return replace(base, status=Status.CANCELLED)
-    if expires is not None and expires <= now:
-        return replace(base, status=Status.EXPIRED)
+    severity = _value(info, "severity", ns)
+    unknown = normalize_name(severity) == "unknown"
+    level = levels.find(severity) if severity and not unknown else None
+    ending = _ending_status(message, expires, now)
+    if ending is not None:  # what the message says; the detector decides what ending means
+        return replace(base, level=level.id if level else None, status=ending)
     if info is None:
         return skipped_item(namespace, message.identifier, "an alert without <info>", name=name)
-    severity = _value(info, "severity", ns)
-    if normalize_name(severity) == "unknown":
+    if unknown:
         return replace(base, status=Status.SEVERITY_UNKNOWN)
-    level = levels.find(severity) if severity else None
     if level is None:
         problem = levels.problem(severity) if severity else "no <severity>"
         return replace(skipped_item(namespace, message.identifier, problem, name=name))
     return replace(base, level=level.id)
+
+
+def _ending_status(message: _Message, expires: datetime | None, now: datetime) -> Status | None:
+    """``cancelled`` for a Cancel, ``expired`` past the message's own end time, else None."""
+    if message.msg_type == "cancel":
+        return Status.CANCELLED
+    if expires is not None and expires <= now:
+        return Status.EXPIRED
+    return None
 
 
 def _first(infos: tuple[Element, ...]) -> Element | None:
