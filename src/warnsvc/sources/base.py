@@ -88,7 +88,7 @@ class PageLoader:
                 raise SourceUnavailableError(f"{url} answered 304 but no copy is cached")
             log.debug("not modified: %s", url, extra={"action": "fetch_not_modified", "url": url})
             return Page(
-                url=url,
+                url=result.url,  # where the redirects ended, as for a 200
                 text=decode_body(cached.body, cached.content_type),
                 content_type=cached.content_type,
                 not_modified=True,
