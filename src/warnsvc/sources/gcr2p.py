@@ -879,12 +879,17 @@ def _dedupe(cards: list[_Card]) -> list[_Card]:
 
 class CountryPageSource:
     """One GCR2P country page, polled on its own. Not authoritative: its page going missing
-    delists nothing; the page saying "Previously Studied Situations" delists its situation."""
+    delists nothing; the page saying "Previously Studied Situations" delists its situation.
+
+    A page without a title is named after the configured address, not the one a redirect ends
+    at, so the site renaming the page's slug does not make it another situation.
+    """
 
     def __init__(self, info: SourceInfo, loader: PageLoader, url: str) -> None:
         self.info = info
         self.loader = loader
         self.url = url
+        self.name_hint = _name_from_url(url)
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
@@ -895,6 +900,7 @@ class CountryPageSource:
                 content_type=page.content_type,
                 scale=self.info.scale,
                 namespace=self.info.namespace,
+                name_hint=self.name_hint,
             )
         return [observation]
 
