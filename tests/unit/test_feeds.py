@@ -25,6 +25,7 @@ NK_NAME = "Nagorno-Karabakh (Armenia/Azerbaijan)"
 NK_URL = "https://www.globalr2p.org/countries/nagorno-karabakh/"
 SUDAN = "gcr2p:sudan"
 TAG = "tag:warnsvc.local,2024:event:"
+ABOUT = "http://127.0.0.1:8080/api/v1/schemas/event.json"
 
 LEVEL_FILES = [
     "levels/current-crisis.atom",
@@ -69,7 +70,7 @@ def payload(
 
 
 def settings(out_dir: Path, **overrides: Any) -> FeedSettings:
-    return FeedSettings(out_dir=out_dir, base_url="http://127.0.0.1:8080", **overrides)
+    return FeedSettings(**{"out_dir": out_dir, "base_url": "http://127.0.0.1:8080", **overrides})
 
 
 def parse(path: Path) -> Any:
@@ -248,12 +249,50 @@ def test_entry_ids_are_tag_uris_stable_across_feeds_and_builds(tmp_path: Path) -
     assert [item["id"] for item in items] == expected
 
 
-def test_id_authority_is_configurable(tmp_path: Path) -> None:
-    build_feeds([payload("e1")], SCALES, settings(tmp_path, id_authority="example.org,2025"))
+def test_id_authorities_are_configurable(tmp_path: Path) -> None:
+    custom = settings(tmp_path, id_authority="example.org,2025", entry_id_authority="e.org,2023")
+    build_feeds([payload("e1")], SCALES, custom)
 
-    assert entry_ids(tmp_path / "alerts.atom") == ["tag:example.org,2025:event:e1"]
+    assert entry_ids(tmp_path / "alerts.atom") == ["tag:e.org,2023:event:e1"]
     root = ET.parse(tmp_path / "alerts.atom").getroot()
     assert root.findtext(f"{ATOM}id") == "tag:example.org,2025:feed:alerts"
+
+
+def feed_id(path: Path) -> str | None:
+    return ET.parse(path).getroot().findtext(f"{ATOM}id")
+
+
+def test_feed_ids_belong_to_the_deployment_and_entry_ids_never_change(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    events = [payload("e1")]
+    build_feeds(events, SCALES, settings(ours, base_url="https://Alerts.Example.ORG:8443/warn/"))
+    build_feeds(events, SCALES, settings(theirs, base_url="https://warn.other.example"))
+
+    assert feed_id(ours / "alerts.atom") == "tag:alerts.example.org,2024:feed:alerts"
+    assert feed_id(ours / "situations/gcr2p:nagorno-karabakh.atom") == (
+        "tag:alerts.example.org,2024:feed:situation:gcr2p:nagorno-karabakh"
+    )
+    assert feed_id(ours / "levels/imminent-risk.atom") == (
+        "tag:alerts.example.org,2024:feed:level:imminent-risk"
+    )
+    assert feed_id(theirs / "alerts.atom") == "tag:warn.other.example,2024:feed:alerts"
+    # Entry ids are what readers remember: the same as every earlier release wrote them.
+    assert entry_ids(ours / "alerts.atom") == entry_ids(theirs / "alerts.atom") == [f"{TAG}e1"]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "authority"),
+    [
+        ("http://127.0.0.1:8080", "127.0.0.1,2024"),
+        ("https://bücher.example/", "xn--bcher-kva.example,2024"),
+        ("https://alerts.example.org./", "alerts.example.org,2024"),
+        ("http://[::1]:8080", "warnsvc.local,2024"),  # not a DNS name: the old authority
+    ],
+)
+def test_feed_id_authority_from_the_base_url(tmp_path: Path, base_url: str, authority: str) -> None:
+    build_feeds([], SCALES, settings(tmp_path, base_url=base_url), now=BASE)
+
+    assert feed_id(tmp_path / "alerts.atom") == f"tag:{authority}:feed:alerts"
 
 
 def test_entries_are_newest_first_then_by_id(tmp_path: Path) -> None:
@@ -471,6 +510,7 @@ def test_level_feeds_only_take_events_of_their_scale(tmp_path: Path) -> None:
 
 
 def test_level_feeds_exist_and_are_valid_before_any_event(tmp_path: Path) -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
     written = build_feeds([], SCALES, settings(tmp_path))
 
     assert relative(written, tmp_path) == sorted(
@@ -479,9 +519,56 @@ def test_level_feeds_exist_and_are_valid_before_any_event(tmp_path: Path) -> Non
     parsed = parse(tmp_path / "levels/imminent-risk.atom")
     assert parsed.entries == []
     assert parsed.feed.title == "warnsvc alerts: Imminent Risk and above"
-    assert parsed.feed.updated == "1970-01-01T00:00:00+00:00"
     assert parse(tmp_path / "alerts.rss").entries == []
+    # Not 1970: an empty feed is dated when it was written.
+    updated = datetime.fromisoformat(parsed.feed.updated)
+    assert before <= updated <= datetime.now(UTC)
     assert build_feeds([], SCALES, settings(tmp_path)) == []
+
+
+def feed_updated(path: Path) -> str | None:
+    if path.suffix == ".rss":
+        return ET.parse(path).getroot().findtext("channel/lastBuildDate")
+    return ET.parse(path).getroot().findtext(f"{ATOM}updated")
+
+
+def test_an_empty_feed_is_dated_when_it_was_first_written_so(tmp_path: Path) -> None:
+    built = datetime(2026, 11, 30, 8, 0, 0, 123456, tzinfo=UTC)
+
+    build_feeds([], SCALES, settings(tmp_path), now=built)
+
+    assert feed_updated(tmp_path / "alerts.atom") == "2026-11-30T08:00:00+00:00"
+    assert feed_updated(tmp_path / "levels/current-crisis.atom") == "2026-11-30T08:00:00+00:00"
+    assert feed_updated(tmp_path / "alerts.rss") == "Mon, 30 Nov 2026 08:00:00 +0000"
+    assert parse(tmp_path / "alerts.atom").feed.updated_parsed[:6] == (2026, 11, 30, 8, 0, 0)
+
+
+def test_an_empty_feed_keeps_its_date_until_it_changes(tmp_path: Path) -> None:
+    first = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    build_feeds([], SCALES, settings(tmp_path), now=first)
+
+    later = first + timedelta(days=3)
+    assert build_feeds([], SCALES, settings(tmp_path), now=later) == []
+    # An event fills some feeds; the still-empty ones keep their date and bytes.
+    written = build_feeds([payload("e1")], SCALES, settings(tmp_path), now=later)
+    assert "levels/current-crisis.atom" not in relative(written, tmp_path)
+    assert feed_updated(tmp_path / "levels/current-crisis.atom") == "2026-11-30T08:00:00+00:00"
+    assert feed_updated(tmp_path / "alerts.atom") == "2023-08-31T09:00:00+00:00"  # the entry's
+    # A new title changes the empty feed: it is dated by that build.
+    renamed = settings(tmp_path, title="Atrocity alerts")
+    build_feeds([payload("e1")], SCALES, renamed, now=later)
+    assert feed_updated(tmp_path / "levels/current-crisis.atom") == "2026-12-03T08:00:00+00:00"
+
+
+def test_the_1970_date_of_earlier_releases_is_not_kept(tmp_path: Path) -> None:
+    build_feeds([], SCALES, settings(tmp_path), now=datetime(1970, 1, 1, tzinfo=UTC))
+    assert feed_updated(tmp_path / "alerts.atom") == "1970-01-01T00:00:00+00:00"
+
+    build_feeds([], SCALES, settings(tmp_path), now=BASE)
+
+    for name in ("alerts.atom", "levels/current-crisis.atom"):
+        assert feed_updated(tmp_path / name) == "2023-08-31T09:00:00+00:00", name
+    assert feed_updated(tmp_path / "alerts.rss") == "Thu, 31 Aug 2023 09:00:00 +0000"
 
 
 # --------------------------------------------------------------------------- situation feeds
@@ -499,7 +586,7 @@ def test_situation_feeds_hold_only_their_situation(tmp_path: Path) -> None:
     nk = parse(tmp_path / "situations/gcr2p:nagorno-karabakh.atom")
     assert [e.id for e in nk.entries] == [f"{TAG}n2", f"{TAG}n1"]
     assert nk.feed.title == f"warnsvc alerts: {NK_NAME}"
-    assert nk.feed.id == "tag:warnsvc.local,2024:feed:situation:gcr2p:nagorno-karabakh"
+    assert nk.feed.id == "tag:127.0.0.1,2024:feed:situation:gcr2p:nagorno-karabakh"
     assert entry_ids(tmp_path / "situations/gcr2p:sudan.atom") == [f"{TAG}s1"]
 
 
@@ -545,7 +632,18 @@ def test_json_feed_is_valid_and_carries_the_payload(tmp_path: Path) -> None:
     assert item["content_html"].startswith(
         "<p>The blockade of the Lachin corridor continues.</p>\n"
     )
-    assert item["_warnsvc"] == event
+    assert item["_warnsvc"] == {"about": ABOUT, **event}
+
+
+def test_json_feed_extension_has_an_about_url(tmp_path: Path) -> None:
+    event = payload("e1") | {"about": "https://evil.example/"}  # a stored payload cannot replace it
+    build_feeds([event], SCALES, settings(tmp_path, base_url="https://alerts.example.org/"))
+
+    (item,) = json.loads((tmp_path / "alerts.json").read_text(encoding="utf-8"))["items"]
+    extension = item["_warnsvc"]
+    assert extension["about"] == "https://alerts.example.org/api/v1/schemas/event.json"
+    assert next(iter(extension)) == "about"
+    assert {k: v for k, v in extension.items() if k != "about"} == payload("e1")
 
 
 def test_json_feed_keeps_the_raw_payload_but_escapes_the_html(tmp_path: Path) -> None:

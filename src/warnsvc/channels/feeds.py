@@ -7,9 +7,23 @@ into files under ``FeedSettings.out_dir``, served by the web app at ``/feeds/<sa
     situations/{situation id}.atom            the events of one situation
     levels/{level id}.atom                    events at or above a level, either side of the change
 
-The output depends on the events only (never on the clock), entry ids are stable ``tag:`` URIs,
-and a file is replaced atomically and only when its bytes change, so the ETag and Last-Modified
-served from it stay stable and readers never see duplicates after a rebuild.
+The output depends on the events only, entry ids are stable ``tag:`` URIs, and a file is
+replaced atomically and only when its bytes change, so the ETag and Last-Modified served from it
+stay stable and readers never see duplicates after a rebuild. The one exception to "events only"
+is a feed without entries: Atom requires an ``updated`` date, and the truthful one is when that
+empty feed was first written, which later rebuilds keep (see :func:`build_feeds`).
+
+Ids (``tag:`` URIs, RFC 4151):
+
+- a feed's id is ``tag:{host},2024:feed:...``, ``host`` being ``service.base_url``'s host, so
+  two deployments never share a feed id. It changes only if ``base_url`` moves to another host,
+  and then the feeds' URLs change too.
+- an entry's id is ``tag:warnsvc.local,2024:event:{event id}``, for every deployment, as it has
+  been since the first release. An entry id is what a feed reader remembers to tell a new item
+  from one already shown: moving entries to the deployment's host would make every reader show
+  every entry in every feed again, as new, i.e. re-send up to ``max_entries`` old alerts. Event
+  ids are unique on their own (time plus 64 random bits), so entry ids are unique across
+  deployments even under the shared authority.
 
 Everything in a payload came from a source and is untrusted: text is stripped of characters
 that XML 1.0 forbids and HTML-escaped; a link is kept only if it is an http(s) URL.
@@ -25,8 +39,9 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -46,8 +61,16 @@ log = logging.getLogger(__name__)
 
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 EXTENSION_KEY = "_warnsvc"
-EMPTY_FEED_DATE = datetime(1970, 1, 1, tzinfo=UTC)
-"""The ``updated`` date of a feed without entries: fixed, so an empty feed never changes."""
+ENTRY_ID_AUTHORITY = "warnsvc.local,2024"
+"""The authority of entry ids: kept from the first release so that no entry id ever changes."""
+FEED_ID_YEAR = "2024"
+"""The date part of the feed ids' authority (``{base_url host},2024``): fixed, as a date from the
+clock would change the ids, and the year of the authority the ids have always had."""
+_PLACEHOLDER_DATE = datetime(1970, 1, 1, tzinfo=UTC)
+"""What earlier releases wrote as the date of an empty feed: never kept."""
+EXTENSION_DOCS_PATH = "/api/v1/schemas/event.json"
+"""Where, under ``base_url``, the ``_warnsvc`` extension is described (its ``about``): the event
+JSON Schema the service serves to anyone, matching the version that wrote the feed."""
 
 _ATOM_TYPE = "application/atom+xml"
 _RSS_TYPE = "application/rss+xml"
@@ -72,12 +95,43 @@ class FeedSettings:
     author: str = "warnsvc"
     max_entries: int = 100
     """Entries per feed, newest kept."""
-    id_authority: str = "warnsvc.local,2024"
-    """The authority part of the ``tag:`` URIs used as feed and entry ids."""
+    id_authority: str | None = None
+    """The authority of feed ids (``tag:{authority}:feed:...``); None: ``base_url``'s host and
+    :data:`FEED_ID_YEAR`, see :func:`feed_id_authority`."""
+    entry_id_authority: str = ENTRY_ID_AUTHORITY
+    """The authority of entry ids (``tag:{authority}:event:{event id}``)."""
 
     def __post_init__(self) -> None:
         if self.max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, not {self.max_entries}")
+
+
+# --------------------------------------------------------------------------- ids
+
+_DNS_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def feed_id_authority(settings: FeedSettings) -> str:
+    """The ``tag:`` authority of the feed ids: ``settings.id_authority``, else
+    ``{host},2024`` from ``base_url`` (lower case, IDNA-encoded).
+
+    A host that is not a DNS name as RFC 4151 wants it (an IPv6 literal) falls back to the
+    entry ids' authority: such a deployment's feed ids are not unique, as before.
+    """
+    if settings.id_authority is not None:
+        return settings.id_authority
+    host = urlsplit(settings.base_url).hostname or ""
+    try:
+        host = host.rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        host = ""
+    if not _DNS_NAME.fullmatch(host):
+        return settings.entry_id_authority
+    return f"{host},{FEED_ID_YEAR}"
+
+
+def _feed_id(settings: FeedSettings, specific: str) -> str:
+    return f"tag:{feed_id_authority(settings)}:feed:{specific}"
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -297,7 +351,7 @@ def _prepare(
     paragraphs = _paragraphs(_text(payload.get("summary")))
     factors = _risk_factors(payload)
     return _Entry(
-        id=f"tag:{settings.id_authority}:event:{event_id}",
+        id=f"tag:{settings.entry_id_authority}:event:{event_id}",
         event_id=event_id,
         title=title,
         detected_at=detected_at,
@@ -338,10 +392,17 @@ class _Feed:
     title: str
     subtitle: str
     entries: list[_Entry]
+    empty_since: datetime | None = None
+    """For a feed without entries: when it was first written so (see :func:`build_feeds`)."""
 
     @property
     def updated(self) -> datetime:
-        return self.entries[0].detected_at if self.entries else EMPTY_FEED_DATE
+        """The newest entry's date; for an empty feed, when it was first written empty."""
+        if self.entries:
+            return self.entries[0].detected_at
+        if self.empty_since is None:
+            raise ValueError(f"feed {self.path}: no entries and no empty_since")
+        return self.empty_since
 
 
 def _limited(entries: list[_Entry], settings: FeedSettings) -> list[_Entry]:
@@ -351,7 +412,7 @@ def _limited(entries: list[_Entry], settings: FeedSettings) -> list[_Entry]:
 def _global_feed(entries: list[_Entry], settings: FeedSettings) -> _Feed:
     return _Feed(
         path="alerts",
-        id=f"tag:{settings.id_authority}:feed:alerts",
+        id=_feed_id(settings, "alerts"),
         title=_clean_line(settings.title) or "warnsvc alerts",
         subtitle="Confirmed changes in risk assessments",
         entries=_limited(entries, settings),
@@ -370,7 +431,7 @@ def _situation_feeds(entries: list[_Entry], settings: FeedSettings) -> list[_Fee
         feeds.append(
             _Feed(
                 path=f"situations/{situation}",
-                id=f"tag:{settings.id_authority}:feed:situation:{situation}",
+                id=_feed_id(settings, f"situation:{situation}"),
                 title=_clean_line(f"{settings.title}: {members[0].situation_name}"),
                 subtitle=f"Confirmed changes for {members[0].situation_name}",
                 entries=_limited(members, settings),
@@ -406,7 +467,7 @@ def _level_feeds(
         feeds.append(
             _Feed(
                 path=f"levels/{level_id}",
-                id=f"tag:{settings.id_authority}:feed:level:{level_id}",
+                id=_feed_id(settings, f"level:{level_id}"),
                 title=_clean_line(f"{settings.title}: {name} and above"),
                 subtitle=f"Changes to or from {name} or a higher level",
                 entries=_limited([e for e in entries if _at_or_above(e, pairs)], settings),
@@ -476,7 +537,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _json_item(entry: _Entry) -> dict[str, Any]:
+def _extension(entry: _Entry, settings: FeedSettings) -> dict[str, Any]:
+    """The ``_warnsvc`` object: ``about`` (JSON Feed 1.1 asks extensions for one), then the
+    event payload as the webhook body carries it."""
+    about = settings.base_url.rstrip("/") + EXTENSION_DOCS_PATH
+    payload = {k: v for k, v in _plain(entry.payload).items() if k != "about"}
+    return {"about": about, **payload}
+
+
+def _json_item(entry: _Entry, settings: FeedSettings) -> dict[str, Any]:
     item: dict[str, Any] = {"id": entry.id}
     if entry.link:
         item["url"] = entry.link
@@ -489,7 +558,7 @@ def _json_item(entry: _Entry) -> dict[str, Any]:
     )
     if entry.summary:
         item["summary"] = entry.summary
-    item[EXTENSION_KEY] = _plain(entry.payload)
+    item[EXTENSION_KEY] = _extension(entry, settings)
     return item
 
 
@@ -501,7 +570,7 @@ def _json_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
         "feed_url": _url(settings, feed.path + ".json"),
         "description": feed.subtitle,
         "authors": [{"name": _clean_line(settings.author) or "warnsvc"}],
-        "items": [_json_item(entry) for entry in feed.entries],
+        "items": [_json_item(entry, settings) for entry in feed.entries],
     }
     text = json.dumps(document, ensure_ascii=False, indent=2, default=str)
     return (text + "\n").encode("utf-8")
@@ -538,18 +607,53 @@ def _write_atomically(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` unless it already holds exactly these bytes."""
+def _read(path: Path) -> bytes | None:
     try:
-        if path.read_bytes() == data:
-            return False
+        return path.read_bytes()
     except FileNotFoundError:
-        pass
-    _write_atomically(path, data)
-    return True
+        return None
 
 
 _Renderer = Callable[[_Feed, FeedSettings], bytes]
+
+_UPDATED_IN = {
+    ".atom": (re.compile(rb"<updated>([^<]{1,64})</updated>"), datetime.fromisoformat),
+    ".rss": (re.compile(rb"<lastBuildDate>([^<]{1,64})</lastBuildDate>"), parsedate_to_datetime),
+}
+
+
+def _written_updated(path: Path, old: bytes) -> datetime | None:
+    """The feed-level date in a file written for an empty feed (it has no other date)."""
+    found = _UPDATED_IN.get(path.suffix)
+    match = found[0].search(old) if found else None
+    if found is None or match is None:
+        return None
+    try:
+        moment = found[1](match.group(1).decode("ascii"))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if moment.tzinfo is None or moment <= _PLACEHOLDER_DATE:
+        return None
+    return moment
+
+
+def _render(
+    path: Path,
+    render: _Renderer,
+    feed: _Feed,
+    settings: FeedSettings,
+    old: bytes | None,
+    now: datetime,
+) -> bytes:
+    """The bytes of ``feed``; an empty feed keeps the date of the file it would not change."""
+    if feed.entries:
+        return render(feed, settings)
+    previous = _written_updated(path, old) if old is not None else None
+    if previous is not None:
+        data = render(replace(feed, empty_since=previous), settings)
+        if data == old:
+            return data
+    return render(replace(feed, empty_since=now), settings)
 
 
 def _outputs(
@@ -568,19 +672,33 @@ def _outputs(
 
 
 def build_feeds(
-    events: Sequence[Mapping[str, Any]], scales: Mapping[str, Scale], settings: FeedSettings
+    events: Sequence[Mapping[str, Any]],
+    scales: Mapping[str, Scale],
+    settings: FeedSettings,
+    *,
+    now: datetime | None = None,
 ) -> list[Path]:
     """Write every feed for ``events`` under ``settings.out_dir``; return the files that changed.
 
     ``events`` are event payloads in any order (newest first as they come from the events
     table); ``scales`` maps scale ids to scales and decides which level feeds exist. Files
     whose bytes would not change are left alone, so rebuilding is cheap and keeps mtimes.
+
+    A feed's ``updated`` is its newest entry's ``detected_at``. A feed without entries has
+    none, yet Atom requires the element (RFC 4287 4.1.1) and RSS readers use
+    ``lastBuildDate``: it gets ``now`` (the current time by default) when it is first written
+    empty or changes while empty, and keeps that date on later rebuilds that change nothing
+    else, so an empty feed is as stable as any other.
     """
+    moment = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
     entries = _prepare_all(events, scales, settings)
     written = []
     for relative, render, feed in _outputs(entries, scales, settings):
         path = settings.out_dir / relative
-        if _write_if_changed(path, render(feed, settings)):
+        old = _read(path)
+        data = _render(path, render, feed, settings, old, moment)
+        if data != old:
+            _write_atomically(path, data)
             written.append(path)
     if written:
         log.info("feeds: wrote %d file(s) under %s", len(written), settings.out_dir)
