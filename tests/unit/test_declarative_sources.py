@@ -208,7 +208,7 @@ def test_cap_1_1_alert_and_its_expiry() -> None:
     )
     assert alert.extra["expires"] == "2003-06-17T16:00:00-07:00"
     [expired] = parse_cap(read("cap/written-cap-1.1-alert.xml"), now=NOW)
-    assert (expired.level, expired.status) == (None, Status.EXPIRED)
+    assert (expired.level, expired.status) == ("severe", Status.EXPIRED)  # what it states
 
 
 def test_cap_1_1_cancel_delists_the_referenced_alert() -> None:
