@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,12 @@ import jsonschema
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from openapi_spec_validator import validate as validate_spec
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from standardwebhooks import Webhook
 
-from tests.integration.webhook_helpers import KEY_A, KEY_B, Receiver, make_settings
+from tests.integration.webhook_helpers import KEY_A, KEY_B, Receiver, make_event, make_settings
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter, hash_key
 from warnsvc.service import Components, build_components
 from warnsvc.web.api import event_schema, make_api, openapi_document
@@ -159,8 +161,31 @@ def test_the_document_is_openapi_3_1_and_its_schemas_are_valid() -> None:
     for name, schema in DOC["components"]["schemas"].items():
         jsonschema.Draft202012Validator.check_schema(schema), name
     jsonschema.Draft202012Validator.check_schema(event_schema())
-    embedded = dict(DOC["components"]["schemas"]["Event"])
-    assert embedded == {k: v for k, v in event_schema().items() if k != "$schema"}
+
+
+def test_the_document_passes_openapi_spec_validator() -> None:
+    validate_spec(DOC)  # every $ref resolves within the document, as OpenAPI tools read it
+
+
+def test_the_documents_event_is_the_event_schema() -> None:
+    """The document's Event is event.schema.json, its level a component of its own: an
+    embedded ``$id`` and ``#/$defs/...`` refs are not resolved that way by OpenAPI tools."""
+    standalone = event_schema()
+    components = DOC["components"]["schemas"]
+    assert components["Level"] == standalone["$defs"]["level"]
+    text = json.dumps({k: v for k, v in standalone.items() if k not in ("$schema", "$id", "$defs")})
+    assert components["Event"] == json.loads(
+        text.replace('"#/$defs/level"', '"#/components/schemas/Level"')
+    )
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "urn:openapi#/components/schemas/Event"},
+        registry=REGISTRY,
+        format_checker=jsonschema.FormatChecker(),
+    )
+    payload = make_event().payload()
+    validator.validate(payload)
+    jsonschema.validate(payload, standalone)
+    assert not validator.is_valid({**payload, "level": {"id": "x", "name": "X", "rank": 0}})
 
 
 def test_every_route_is_documented_and_every_documented_path_exists(parts: Components) -> None:
@@ -294,6 +319,71 @@ async def test_bad_bodies_get_400_naming_the_field(
     assert status == 400
     assert body["error"].get("field") == field
     assert fragment in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"url": None}, {"description": None}, {"filters": None}, {"enabled": None}],
+    ids=["url", "description", "filters", "enabled"],
+)
+async def test_a_null_in_a_patch_gets_400_naming_the_field(
+    api: Api, receiver: Receiver, body: dict[str, Any]
+) -> None:
+    created = await create(api, receiver.url("/hook"), description="kept")
+    params = {"endpoint_id": created["id"]}
+    assert not request_schema_validator("EndpointUpdate").is_valid(body)
+    status, answer = await api.call(
+        "PATCH", "/endpoints/{endpoint_id}", params=params, headers=A, json=body
+    )
+    assert status == 400, answer
+    [field] = body
+    assert answer["error"]["field"] == field
+    assert "must not be null" in answer["error"]["message"]
+    status, after = await api.call("GET", "/endpoints/{endpoint_id}", params=params, headers=A)
+    assert after == {k: v for k, v in created.items() if k != "secret"}
+
+
+async def test_a_null_min_level_still_clears_it(api: Api, receiver: Receiver) -> None:
+    created = await create(api, receiver.url("/hook"), filters={"min_level": "imminent-risk"})
+    params = {"endpoint_id": created["id"]}
+    status, updated = await api.call(
+        "PATCH",
+        "/endpoints/{endpoint_id}",
+        params=params,
+        headers=A,
+        json={"filters": {"min_level": None}},
+    )
+    assert status == 200 and updated["filters"]["min_level"] is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow", "headers"),
+    [
+        ("PUT", "/endpoints", "GET,HEAD,POST", A),
+        ("DELETE", "/endpoints", "GET,HEAD,POST", A),
+        ("POST", "/endpoints/ep_x", "DELETE,GET,HEAD,PATCH", A),
+        ("GET", "/endpoints/ep_x/test", "POST", A),
+        ("PUT", "/endpoints/ep_x/deliveries/1/redeliver", "POST", A),
+        ("POST", "/openapi.json", "GET,HEAD", {}),  # public: no key needed to learn it
+    ],
+)
+async def test_a_method_a_path_does_not_have_gets_405_with_allow(
+    api: Api, method: str, path: str, allow: str, headers: dict[str, str]
+) -> None:
+    async with api.client.request(method, "/api/v1" + path, headers=headers) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == allow
+        body = await response.json()
+    jsonschema.validate(body, DOC["components"]["schemas"]["Error"])
+    assert body["error"]["status"] == 405
+    assert method in body["error"]["message"]
+    assert allow.replace(",", ", ") in body["error"]["message"]
+
+
+async def test_a_405_asks_for_the_key_first(api: Api) -> None:
+    async with api.client.put("/api/v1/endpoints") as response:
+        assert response.status == 401  # "a wrong or missing key gets 401 and nothing more"
+        assert "Allow" not in response.headers
 
 
 async def test_an_oversized_body_gets_413(api: Api) -> None:

@@ -16,7 +16,8 @@ Routes (bearer API key; the OpenAPI document says the same in detail)::
     POST   /api/v1/endpoints/{id}/redeliver                       every dead letter since a time
 
 A wrong or missing key gets 401 and nothing more; another partner's endpoint is a 404; bad
-bodies get 400 (413 when too large) naming the field; a refused URL 422; too many requests 429.
+bodies get 400 (413 when too large) naming the field, a JSON null in a PATCH included; a refused
+URL 422; too many requests 429; a method a path does not have 405 with ``Allow``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from warnsvc.model import new_event_id
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter
@@ -111,10 +113,21 @@ class EndpointCreateBody(_Body):
 
 
 class EndpointUpdateBody(_Body):
+    """Only the fields sent change. None stands for "not sent": a JSON null is refused."""
+
     url: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
     description: Annotated[str, Field(max_length=500)] | None = None
     filters: FiltersBody | None = None
     enabled: bool | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs on sent values only (defaults are not validated): a null is a client's
+        # mistake (it would otherwise change nothing and answer 200), never "leave as is".
+        if value is None:
+            raise PydanticCustomError("null", "must not be null; leave the field out to keep it")
+        return value
 
 
 class RedeliverBody(_Body):
@@ -412,6 +425,10 @@ async def _guard_requests(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except web.HTTPMethodNotAllowed as exc:  # a known path, another method: say which ones
+        allowed = exc.headers["Allow"]
+        message = f"{request.method} is not allowed here; allowed: {allowed.replace(',', ', ')}"
+        return ApiError(405, message, headers={"Allow": allowed}).response()
 
 
 async def _openapi(request: web.Request) -> web.Response:
