@@ -18,7 +18,7 @@ from pathlib import Path
 from warnsvc.config import Settings
 from warnsvc.security.ssrf import UnsafeUrlError
 from warnsvc.store.db import Store
-from warnsvc.store.webhooks import Endpoint, EndpointStore, Filters
+from warnsvc.store.webhooks import Endpoint, EndpointStore, Filters, refused_character
 from warnsvc.webhook_wiring import level_ranks, make_guard, static_endpoints
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -117,6 +117,20 @@ async def _add(endpoints: EndpointStore, settings: Settings, args: argparse.Name
     if args.min_level is not None and args.min_level not in ranks:
         _error(f"unknown level {args.min_level!r} (known: {', '.join(ranks)})")
         return EXIT_USAGE
+    texts = [
+        ("--description", args.description),
+        *(("--situation", s) for s in args.situation),
+        *(("--source", s) for s in args.source),
+    ]  # --min-level must name a known level
+    problem = refused_character(args.url, url=True)
+    if problem is not None:  # as the partner API: nothing stored that forges a terminal line
+        _error(f"url must not contain whitespace or control characters (found {problem})")
+        return EXIT_USAGE
+    for option, text in texts:
+        problem = refused_character(text)
+        if problem is not None:
+            _error(f"{option} must not contain control characters (found {problem})")
+            return EXIT_USAGE
     try:
         await make_guard(settings.webhooks).check(args.url)
     except UnsafeUrlError as exc:

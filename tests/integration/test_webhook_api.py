@@ -322,6 +322,91 @@ async def test_bad_bodies_get_400_naming_the_field(
 
 
 @pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"description": "situation\x00room"}, "description"),  # NUL
+        ({"description": "\x1b[2J\x1b[31mALL CLEAR\x1b[0m"}, "description"),  # terminal escapes
+        ({"description": "a\x9b31mb"}, "description"),  # C1 CSI
+        ({"description": "two\nlines"}, "description"),
+        ({"description": "bell\x07"}, "description"),
+        ({"description": "abc\u202edcb"}, "description"),  # right-to-left override
+        ({"description": "line\u2028break"}, "description"),
+        ({"filters": {"situations": ["gcr2p:sudan", "gcr2p:\x1b[1m"]}}, "filters.situations[1]"),
+        ({"filters": {"sources": ["gcr2p\x7f"]}}, "filters.sources[0]"),
+        ({"filters": {"min_level": "imminent-risk\x00"}}, "filters.min_level"),
+    ],
+)
+async def test_control_characters_in_a_text_field_get_400_naming_it(
+    api: Api, receiver: Receiver, body: dict[str, Any], field: str
+) -> None:
+    new = {"url": receiver.url("/hook"), **body}
+    assert not request_schema_validator("EndpointCreate").is_valid(new)  # as documented
+    status, answer = await api.call("POST", "/endpoints", headers=A, json=new)
+    assert status == 400, answer
+    assert answer["error"]["field"] == field
+    assert "control characters" in answer["error"]["message"]
+    assert (await api.call("GET", "/endpoints", headers=A))[1] == {"data": []}  # nothing stored
+
+    created = await create(api, receiver.url("/hook"), description="before")
+    params = {"endpoint_id": created["id"]}
+    status, answer = await api.call(
+        "PATCH", "/endpoints/{endpoint_id}", params=params, headers=A, json=body
+    )
+    assert (status, answer["error"]["field"]) == (400, field)
+    status, after = await api.call("GET", "/endpoints/{endpoint_id}", params=params, headers=A)
+    assert after == {k: v for k, v in created.items() if k != "secret"}  # nothing changed
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "/crlf\r\nX-Injected: 1",
+        "/lf\nX-Injected: 1",
+        "/a b",
+        "/tab\there",
+        "/trailing ",
+        "/nul\x00",
+        "/esc\x1b[0m",
+        "/nbsp\u00a0",
+        "/ideographic\u3000space",
+        "/rlo\u202e",
+    ],
+)
+async def test_whitespace_or_control_characters_in_a_url_get_400(
+    api: Api, receiver: Receiver, tail: str
+) -> None:
+    url = receiver.url(tail)
+    assert not request_schema_validator("EndpointCreate").is_valid({"url": url})
+    status, answer = await api.call("POST", "/endpoints", headers=A, json={"url": url})
+    assert status == 400, answer
+    assert answer["error"]["field"] == "url"
+    assert "whitespace or control characters" in answer["error"]["message"]
+    status, answer = await api.call("POST", "/endpoints", headers=A, json={"url": " " + url})
+    assert (status, answer["error"]["field"]) == (400, "url")  # leading blanks too
+    assert (await api.call("GET", "/endpoints", headers=A))[1] == {"data": []}
+
+    created = await create(api, receiver.url("/hook"))
+    params = {"endpoint_id": created["id"]}
+    status, answer = await api.call(
+        "PATCH", "/endpoints/{endpoint_id}", params=params, headers=A, json={"url": url}
+    )
+    assert (status, answer["error"]["field"]) == (400, "url")
+    status, after = await api.call("GET", "/endpoints/{endpoint_id}", params=params, headers=A)
+    assert after["url"] == receiver.url("/hook")
+
+
+async def test_ordinary_unicode_text_is_kept(api: Api, receiver: Receiver) -> None:
+    text = "Salle de crise — غرفة\u200fالطوارئ 👩\u200d💻 ✓"  # RLM and ZWJ are not controls
+    created = await create(
+        api, receiver.url("/hook"), description=text, filters={"situations": ["gcr2p:côte"]}
+    )
+    assert created["description"] == text
+    assert created["filters"]["situations"] == ["gcr2p:côte"]
+    body = {"url": receiver.url("/hook"), "description": text}
+    request_schema_validator("EndpointCreate").validate(body)  # the document agrees
+
+
+@pytest.mark.parametrize(
     "body",
     [{"url": None}, {"description": None}, {"filters": None}, {"enabled": None}],
     ids=["url", "description", "filters", "enabled"],

@@ -13,6 +13,7 @@ import base64
 import functools
 import json
 import logging
+import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,33 @@ def secret_key(secret: str) -> bytes:
 
 def new_endpoint_id() -> str:
     return "ep_" + secrets.token_hex(12)
+
+
+# What an endpoint's text may not contain. The stored text is printed in terminals (``warnsvc
+# webhooks list``), logs and notices, and a URL goes into a request line: a NUL, an escape
+# sequence, a CR/LF or a bidirectional override there forges or hides what a reader sees.
+# ECMA-262 / Python regular-expression classes, shared with the OpenAPI document's patterns.
+CONTROL_CHARACTERS = r"\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+"""C0 and C1 controls, DEL, the line and paragraph separators, bidirectional overrides."""
+SPACE_CHARACTERS = r"\u0020\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"
+"""Unicode's space separators (Zs): with the controls, every character ``str.isspace`` knows."""
+TEXT_PATTERN = f"^[^{CONTROL_CHARACTERS}]*$"
+URL_PATTERN = f"^[^{CONTROL_CHARACTERS}{SPACE_CHARACTERS}]*$"
+_REFUSED_IN_TEXT = re.compile(f"[{CONTROL_CHARACTERS}]")
+_REFUSED_IN_URL = re.compile(f"[{CONTROL_CHARACTERS}{SPACE_CHARACTERS}]")
+
+
+def refused_character(value: str, *, url: bool = False) -> str | None:
+    """Why ``value`` may not be stored as an endpoint's text (``url``: as its URL), or None.
+
+    Text may hold no control character (:data:`CONTROL_CHARACTERS`); a URL no whitespace
+    either. The answer names the first offending character and its index, e.g. ``U+000D at
+    index 27``.
+    """
+    found = (_REFUSED_IN_URL if url else _REFUSED_IN_TEXT).search(value)
+    if found is None:
+        return None
+    return f"U+{ord(found.group()):04X} at index {found.start()}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,8 +16,9 @@ Routes (bearer API key; the OpenAPI document says the same in detail)::
     POST   /api/v1/endpoints/{id}/redeliver                       every dead letter since a time
 
 A wrong or missing key gets 401 and nothing more; another partner's endpoint is a 404; bad
-bodies get 400 (413 when too large) naming the field, a JSON null in a PATCH included; a refused
-URL 422; too many requests 429; a method a path does not have 405 with ``Allow``.
+bodies get 400 (413 when too large) naming the field, control characters in any text field,
+whitespace or control characters in a URL and a JSON null in a PATCH included; a refused URL
+422; too many requests 429; a method a path does not have 405 with ``Allow``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from warnsvc.model import new_event_id
@@ -43,6 +52,7 @@ from warnsvc.store.webhooks import (
     Endpoint,
     EndpointStore,
     Filters,
+    refused_character,
     test_event,
 )
 
@@ -83,7 +93,33 @@ EventTypeName = Literal[
     "situation.delisted",
     "situation.updated",
 ]
-ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _text(value: str) -> str:
+    problem = refused_character(value)
+    if problem is not None:
+        raise PydanticCustomError(
+            "control_character",
+            "must not contain control characters (found {problem})",
+            {"problem": problem},
+        )
+    return value
+
+
+def _url(value: str) -> str:
+    problem = refused_character(value, url=True)
+    if problem is not None:
+        raise PydanticCustomError(
+            "url_character",
+            "must not contain whitespace or control characters (found {problem})",
+            {"problem": problem},
+        )
+    return value
+
+
+ShortText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_text)]
+Description = Annotated[str, Field(max_length=500), AfterValidator(_text)]
+Url = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_url)]
 
 
 class _Body(BaseModel):
@@ -106,8 +142,8 @@ class FiltersBody(_Body):
 
 
 class EndpointCreateBody(_Body):
-    url: Annotated[str, Field(min_length=1, max_length=2000)]
-    description: Annotated[str, Field(max_length=500)] = ""
+    url: Url
+    description: Description = ""
     filters: FiltersBody = FiltersBody()
     enabled: bool = True
 
@@ -115,8 +151,8 @@ class EndpointCreateBody(_Body):
 class EndpointUpdateBody(_Body):
     """Only the fields sent change. None stands for "not sent": a JSON null is refused."""
 
-    url: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
-    description: Annotated[str, Field(max_length=500)] | None = None
+    url: Url | None = None
+    description: Description | None = None
     filters: FiltersBody | None = None
     enabled: bool | None = None
 
