@@ -45,7 +45,7 @@ def add_parser(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     add.add_argument("--situation", action="append", default=[], help="a situation id")
     add.add_argument("--source", action="append", default=[], help="a source id")
     add.add_argument("--min-level", help="a level id, e.g. imminent-risk")
-    remove = actions.add_parser("rm", help="remove an endpoint")
+    remove = actions.add_parser("rm", help="remove an endpoint; its pending deliveries are dropped")
     remove.add_argument("endpoint_id")
     again = actions.add_parser("redeliver", help="send deliveries of an endpoint again")
     for sub in (listing, add, remove, again):  # -c may also follow the action

@@ -565,6 +565,44 @@ async def test_create_read_update_list_and_delete(api: Api, receiver: Receiver) 
     assert status == 404
 
 
+async def test_deleting_an_endpoint_drops_its_pending_deliveries(
+    tmp_path: Path, aiohttp_client, receiver: Receiver
+) -> None:
+    """As docs/webhooks.md says: nothing is sent, dead-lettered or reported to operators."""
+    settings = make_settings(tmp_path, "operators: {dead_letters: 1}\n")
+    components = await build_components(settings)
+    try:
+        assert components.webhooks is not None and components.notices is not None
+        root = web.Application(middlewares=[json_errors])
+        root.add_subapp("/api/v1", make_api(components.webhooks.api(lambda: None)))
+        api = Api(await aiohttp_client(root))
+        gone = await create(api, receiver.url("/gone"))
+        kept = await create(api, receiver.url("/kept"))
+        for n in (1, 2):
+            event = make_event(f"evt_000000000000{n}")
+            await components.store.record_event(event, components.poller.recipients)
+        params = {"endpoint_id": gone["id"]}
+        status, _ = await api.call("DELETE", "/endpoints/{endpoint_id}", params=params, headers=A)
+        assert status == 204
+
+        await components.dispatcher.drain()
+
+        assert receiver.paths() == ["/kept", "/kept"]
+        counts = await components.store.outbox.counts()
+        assert counts[("webhooks", "delivered")] == 2
+        assert ("webhooks", "dead") not in counts
+        assert await components.store.endpoints.deliveries(gone["id"]) == []
+        assert await components.notices.check_dead_letters(now=datetime.now(UTC)) == 0
+        assert await components.store.notices.recent(limit=10) == []
+        params = {"endpoint_id": kept["id"]}
+        status, page = await api.call(
+            "GET", "/endpoints/{endpoint_id}/deliveries", params=params, headers=A
+        )
+        assert [d["status"] for d in page["data"]] == ["delivered", "delivered"]
+    finally:
+        await components.close()
+
+
 async def test_test_event_rotation_deliveries_and_redelivery(
     api: Api, parts: Components, receiver: Receiver
 ) -> None:

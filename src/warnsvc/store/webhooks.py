@@ -25,7 +25,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warnsvc.model import Event, EventType
-from warnsvc.outbox import DEAD, DELIVERED, PENDING
+from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
 from warnsvc.store import schema
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import startup_lock
@@ -405,11 +405,64 @@ class EndpointStore:
         return await self.get(endpoint_id)
 
     async def delete(self, endpoint_id: str) -> bool:
-        """Remove an endpoint. Its pending rows are dead-lettered when next claimed."""
-        table = schema.webhook_endpoints
+        """Remove an endpoint and drop its deliveries not yet made, in one transaction.
+
+        The endpoint's ``pending`` and ``in_flight`` outbox rows are deleted with it, so none
+        is sent, dead-lettered or counted among the dead letters operators are told about:
+        the partner removed the receiver, nothing failed. Deleting beats marking them with a
+        new status: such a row says nothing worth keeping (the event stays in ``events``,
+        and the partner can no longer list the endpoint's deliveries), while a new status
+        would have to be known to every reader of the outbox (claims, counts, the dead-letter
+        check, pruning) to stay out of their way. A dispatcher that claimed a row before the
+        delete finds it gone when it records the attempt, and its update changes nothing.
+        Rows already ``delivered`` or ``dead`` stay as history, pruned as usual.
+
+        Returns False when there was no such endpoint (nothing is dropped then).
+        """
+        table, outbox = schema.webhook_endpoints, schema.outbox
         async with self.engine.begin() as conn:
             result = await conn.execute(delete(table).where(table.c.id == endpoint_id))
-        return bool(result.rowcount)
+            if not result.rowcount:
+                return False
+            dropped = await conn.execute(
+                delete(outbox).where(
+                    outbox.c.channel == WEBHOOKS_CHANNEL,
+                    outbox.c.recipient == endpoint_id,
+                    outbox.c.status.in_([PENDING, IN_FLIGHT]),
+                )
+            )
+        log.info(
+            "webhook endpoint %s removed; %d deliveries not yet made dropped",
+            endpoint_id,
+            dropped.rowcount,
+            extra={"action": "endpoint_deleted", "endpoint": endpoint_id},
+        )
+        return True
+
+    async def drop_orphans(self, delivery_ids: Iterable[int]) -> int:
+        """Delete the not-yet-made webhook deliveries among ``delivery_ids`` whose endpoint
+        no longer exists; returns how many.
+
+        :meth:`delete` drops an endpoint's rows, but an event whose routes were read just
+        before the delete may still add one after it. This is for the sender that finds a
+        claimed row's endpoint gone: drop the row here and report it as not started (the
+        release then finds nothing), rather than dead-letter it as "endpoint deleted".
+        """
+        table, outbox = schema.webhook_endpoints, schema.outbox
+        wanted = sorted(set(delivery_ids))
+        count = 0
+        async with self.engine.begin() as conn:
+            for start in range(0, len(wanted), 900):
+                result = await conn.execute(
+                    delete(outbox).where(
+                        outbox.c.id.in_(wanted[start : start + 900]),
+                        outbox.c.channel == WEBHOOKS_CHANNEL,
+                        outbox.c.status.in_([PENDING, IN_FLIGHT]),
+                        ~select(table.c.id).where(table.c.id == outbox.c.recipient).exists(),
+                    )
+                )
+                count += int(result.rowcount or 0)
+        return count
 
     async def rotate(
         self, endpoint_id: str, *, grace: float, now: datetime

@@ -8,7 +8,7 @@ Routes (bearer API key; the OpenAPI document says the same in detail)::
     POST   /api/v1/endpoints                                      register one (secret shown once)
     GET    /api/v1/endpoints/{id}                                 read
     PATCH  /api/v1/endpoints/{id}                                 change url, description, ...
-    DELETE /api/v1/endpoints/{id}                                 remove
+    DELETE /api/v1/endpoints/{id}                                 remove; pending rows dropped
     POST   /api/v1/endpoints/{id}/rotate-secret                   new secret; old one in grace
     POST   /api/v1/endpoints/{id}/test                            send a webhook.test event
     GET    /api/v1/endpoints/{id}/deliveries                      deliveries, newest first
