@@ -29,7 +29,7 @@ from warnsvc import __version__
 from warnsvc.config import Settings, load_config
 from warnsvc.errors import ConfigError, SourceError, StoreUnavailableError, WarnsvcError
 from warnsvc.logs import setup_logging
-from warnsvc.model import Event, Observation
+from warnsvc.model import Event, EventType, Observation
 from warnsvc.pipeline import PollReport
 
 DEFAULT_CONFIG = Path("config/warnsvc.yaml")
@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     events.add_argument("--situation", help="only this situation")
     events.add_argument("--json", action="store_true", help="print payloads as JSON lines")
+    events.add_argument(
+        "--all", action="store_true", help="include partners' webhook.test pings (left out)"
+    )
     command("reload", "tell the running service to re-read its config (SIGHUP)")
     publish = command("publish", "announce a level change now, before the source shows it")
     publish.add_argument("--situation", required=True, help="e.g. gcr2p:nagorno-karabakh")
@@ -409,19 +412,29 @@ async def _show_status(settings: Settings, *, as_json: bool) -> int:
 
 
 async def _service_state(settings: Settings) -> dict[str, Any]:
-    """What the running service's /readyz says, or that it does not answer."""
+    """What answers on the configured port: its /healthz ``instance`` (which process it is;
+    :func:`warnsvc.status.gather` checks it is a replica of this config's store) and what its
+    /readyz says; or that nothing answers."""
     import aiohttp
 
     http = settings.service.http
     host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
-    url = f"http://{host}:{http.port}/readyz"
+    base = f"http://{host}:{http.port}"
+    url = f"{base}/readyz"
+    timeout = aiohttp.ClientTimeout(total=3)
     try:
-        timeout = aiohttp.ClientTimeout(total=3)
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
-            body: dict[str, Any] = await resp.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(f"{base}/healthz") as resp:
+                health = await resp.json(content_type=None)
+            async with session.get(url) as resp:
+                body = await resp.json(content_type=None)
+    except (aiohttp.ClientConnectionError, TimeoutError):
         return {"reachable": False, "url": url}
-    return {"reachable": True, "url": url, **body}
+    except (aiohttp.ClientError, ValueError):  # something answers, but not as warnsvc does
+        return {"reachable": True, "url": url, "instance": None}
+    instance = health.get("instance") if isinstance(health, dict) else None
+    readiness = body if isinstance(body, dict) else {}
+    return {"reachable": True, "url": url, **readiness, "instance": instance}
 
 
 def _events(args: argparse.Namespace) -> int:
@@ -435,7 +448,10 @@ async def _show_events(settings: Settings, args: argparse.Namespace) -> int:
 
     store = await Store.open(settings.storage.url)
     try:
-        events = await store.recent_events(limit=args.limit, situation=args.situation)
+        hidden = () if args.all else (EventType.WEBHOOK_TEST.value,)  # partners' pings
+        events = await store.recent_events(
+            limit=args.limit, situation=args.situation, exclude_types=hidden
+        )
     finally:
         await store.close()
     if args.json:

@@ -65,7 +65,13 @@ async def gather(
     settings: Settings, store: Store, service: dict[str, Any], *, heartbeat: float = 5.0
 ) -> Status:
     """Collect the status of every configured source, known situation, outbox channel and
-    replica (``heartbeat``: seconds between a replica's beats; three missed: gone)."""
+    replica (``heartbeat``: seconds between a replica's beats; three missed: gone).
+
+    ``service`` is what answered on the configured port (see ``warnsvc.cli``): its ``/healthz``
+    ``instance`` and its ``/readyz`` body. It is this config's service only if that instance is
+    one of the replicas in this store; otherwise its readiness is not shown as ours."""
+    replicas = await store.replicas.all()
+    service = same_service(service, replicas)
     health = {h.source_id: h for h in await store.all_source_health()}
     next_polls: dict[str, str] = service.get("checks", {}).get("next_polls", {})
     sources = []
@@ -100,8 +106,30 @@ async def gather(
         situations=await _situations(store),
         outbox=await _outbox(store),
         oldest_pending=await store.outbox.oldest_pending(),
-        replicas=_replicas(await store.replicas.all(), now=datetime.now(UTC), beat=heartbeat),
+        replicas=_replicas(replicas, now=datetime.now(UTC), beat=heartbeat),
     )
+
+
+def replica_instance(replica: Replica) -> str:
+    """The ``instance`` that replica's ``/healthz`` answers (``host:pid``, see warnsvc.web.app)."""
+    return f"{replica.host}:{replica.pid}"
+
+
+def same_service(service: dict[str, Any], replicas: Sequence[Replica]) -> dict[str, Any]:
+    """``service`` with ``same_service``: whether the process that answered is a replica of
+    this store. A process that is not (another service on the port, or one still starting) keeps
+    only its address and instance: its readiness says nothing about this config's service."""
+    if not service.get("reachable"):
+        return service
+    instance = service.get("instance")
+    if instance is not None and any(replica_instance(r) == instance for r in replicas):
+        return {**service, "same_service": True}
+    return {
+        "reachable": True,
+        "url": service.get("url"),
+        "instance": instance,
+        "same_service": False,
+    }
 
 
 def _replicas(replicas: Sequence[Replica], *, now: datetime, beat: float) -> list[ReplicaStatus]:
@@ -156,7 +184,7 @@ async def _outbox(store: Store) -> dict[str, dict[str, int]]:
 def render_status(status: Status, *, now: datetime) -> str:
     lines = [_service_line(status.service), "", "SOURCES"]
     lines += _table(
-        ["source", "kind", "health", "last poll", "next poll", "last error"],
+        ["source", "kind", "health", "last poll", "next poll"],
         [
             [
                 s.id,
@@ -164,11 +192,16 @@ def render_status(status: Status, *, now: datetime) -> str:
                 s.health + (f" ({s.consecutive_failures}x)" if s.consecutive_failures else ""),
                 _ago(s.last_poll, now),
                 _ago(s.next_poll, now),
-                (s.last_error or "")[:70],
             ]
             for s in status.sources
         ],
     )
+    # Each last error whole, on its own line: cut to a column, it lost its cause.
+    lines += [
+        f"  {s.id}: last error: {_indent_lines(s.last_error)}"
+        for s in status.sources
+        if s.last_error
+    ]
     lines += ["", "SITUATIONS"]
     lines += (
         _table(
@@ -232,6 +265,13 @@ def render_events(events: Sequence[dict[str, Any]]) -> str:
 def _service_line(service: dict[str, Any]) -> str:
     if not service.get("reachable"):
         return f"service: not answering at {service.get('url')} (not running?)"
+    if service.get("same_service") is False:
+        who = f"process {service['instance']}" if service.get("instance") else "something"
+        return (
+            f"service: not running here: {who} answers at {service.get('url')}, but it is not"
+            " a replica of this config's database (another service on this port, or one still"
+            " starting)"
+        )
     checks = service.get("checks", {})
     text = f"service: {service.get('status')} at {service.get('url')}"
     config = checks.get("config", {})
@@ -239,6 +279,10 @@ def _service_line(service: dict[str, Any]) -> str:
         text += f"\n  last reload FAILED ({config.get('last_reload_at')}); still on the old config:"
         text += "".join(f"\n    {p}" for p in config["last_reload_error"])
     return text
+
+
+def _indent_lines(text: str) -> str:
+    return "\n    ".join(text.splitlines())
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -474,13 +474,16 @@ class Store:
     # -- events ------------------------------------------------------------------------------
 
     async def recent_events(
-        self, *, limit: int = 100, situation: str | None = None
+        self, *, limit: int = 100, situation: str | None = None, exclude_types: Iterable[str] = ()
     ) -> list[dict[str, Any]]:
-        """Event payloads, newest first (operators' notices are not events of a situation)."""
+        """Event payloads, newest first (operators' notices are not events of a situation).
+
+        ``exclude_types`` (event types, e.g. ``webhook.test``) are left out in the query, before
+        the limit, so that many of them never push the others out of the answer."""
         table = schema.events
         query = (
             select(table.c.payload)
-            .where(table.c.type != OPERATOR_NOTICE)
+            .where(table.c.type.not_in([OPERATOR_NOTICE, *exclude_types]))
             .order_by(table.c.seq.desc())
             .limit(limit)
         )

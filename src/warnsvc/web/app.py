@@ -4,7 +4,8 @@ Routes::
 
     GET /                       a small page linking the feeds
     GET /feeds/{path}           the files under the feeds directory, with ETag/Last-Modified
-    GET /healthz                the process answers: {"status": "ok", "role": "leader"}
+    GET /healthz                the process answers: {"status": "ok", "role": "leader",
+                                "instance": "host:pid"}
     GET /readyz                 store reachable, scheduler running, sources healthy: 200 or 503
                                 (?scope=replica: this replica only, for load balancers)
     GET /metrics                Prometheus text format
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import html
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 TITLE = web.AppKey("title", str)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 ROLE: web.AppKey[Role] = web.AppKey("role")
+INSTANCE = web.AppKey("instance", str)
 
 _CONTENT_TYPES = {
     ".atom": "application/atom+xml; charset=utf-8",
@@ -64,9 +68,13 @@ async def json_errors(
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The process answers; ``role`` says whether this replica leads (polls) or follows."""
+    """The process answers; ``role`` says whether this replica leads (polls) or follows, and
+    ``instance`` which process this is: ``host:pid``, the host and pid its heartbeat writes in
+    the store's ``replicas`` table, so ``warnsvc status`` can tell its own service from another
+    process that happens to listen on the same port."""
     role = request.app[ROLE]()
-    return web.json_response({"status": "ok", "version": __version__, "role": role})
+    body = {"status": "ok", "version": __version__, "role": role, "instance": request.app[INSTANCE]}
+    return web.json_response(body)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -130,9 +138,13 @@ def make_app(
     title: str = "warnsvc",
     metrics: Metrics | None = None,
     role: Role = lambda: "leader",
+    instance: str | None = None,
 ) -> web.Application:
+    """The app; ``instance`` names this process in ``/healthz`` (default ``host:pid``, as in the
+    replica's heartbeat row)."""
     app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
     app[ROLE] = role
+    app[INSTANCE] = instance or f"{socket.gethostname()}:{os.getpid()}"
     app[FEEDS_DIR] = feeds_dir
     app[READINESS] = readiness
     app[TITLE] = title
