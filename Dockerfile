@@ -4,9 +4,10 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# warnsvc and its runtime dependencies, at the versions pinned in constraints.txt (scripts/lock)
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt .
 
 FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 \
@@ -16,7 +17,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home warnsvc
 WORKDIR /app
 COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-index --find-links /wheels warnsvc && rm -rf /wheels
 COPY config ./config
 RUN mkdir -p data feeds && chown -R warnsvc:warnsvc /app
 USER warnsvc

@@ -1,24 +1,37 @@
 # The two commands of the README:
-#   make run    set up .venv, install warnsvc, and run it on config/warnsvc.yaml
-#   make test   set up .venv with the dev tools, then lint, type-check and run every test
+#   make run    set up .venv with warnsvc and its runtime dependencies only, and run it on
+#               config/warnsvc.yaml
+#   make test   add the dev tools to .venv, then lint, type-check and run every test
 # Only Python 3.11+ and make are needed: make test installs the PostgreSQL server binaries its
 # throw-away test server needs (scripts/ensure-postgres, docs/testing.md) when they are missing.
+# Every install is pinned by constraints.txt, the lock file scripts/lock makes from
+# pyproject.toml (the Dockerfile installs with it too).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --quiet --constraint constraints.txt
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 CONFIG ?= config/warnsvc.yaml
 
-.PHONY: install run test lint typecheck pytest demo bench clean
+.PHONY: install install-dev run test lint typecheck pytest demo bench clean
 
-$(STAMP): pyproject.toml
+# The runtime: what `make run` needs, nothing more.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) -e .
 	touch $(STAMP)
 
+# The dev tools (pytest, ruff, mypy, ...) on top.
+$(DEV): $(STAMP)
+	$(PIP) -e '.[dev]'
+	touch $(DEV)
+
 install: $(STAMP)
+
+install-dev: $(DEV)
 
 run: $(STAMP)
 	$(BIN)/warnsvc run -c $(CONFIG)
@@ -28,18 +41,18 @@ demo: $(STAMP)
 
 test: lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(DEV)
 	scripts/ensure-postgres
 	$(BIN)/pytest
 
-bench: $(STAMP)
+bench: $(DEV)
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import tomllib
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,3 +108,89 @@ def test_every_data_file_of_the_package_is_shipped() -> None:
         fnmatch.fnmatch(m.relative_to(package).as_posix(), "store/migrations/versions/*.py")
         for m in migrations
     )
+
+
+# -- the lock file, the runtime install, the license -------------------------------------------
+
+
+def pyproject() -> dict[str, object]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def pins() -> dict[str, Version]:
+    text = (ROOT / "constraints.txt").read_text(encoding="utf-8")
+    return {
+        canonicalize_name(name): Version(version)
+        for name, version in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", text, re.MULTILINE)
+    }
+
+
+def test_the_constraints_pin_every_dependency_within_pyproject() -> None:
+    """constraints.txt is made from pyproject.toml by scripts/lock: a dependency added to, or
+    narrowed in, pyproject.toml without re-running it fails here."""
+    text = (ROOT / "constraints.txt").read_text(encoding="utf-8")
+    assert "scripts/lock" in text.split("\n\n", 1)[0], "constraints.txt: run scripts/lock"
+    assert not re.search(r"^[^#\s].*\[", text, re.MULTILINE), "a constraint cannot name extras"
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    pinned = pins()
+    for line in requirements:
+        requirement = Requirement(line.split("#")[0])
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{requirement.name} is not in constraints.txt: run scripts/lock"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pinned[name]}, outside {line!r}: run scripts/lock"
+        )
+
+
+def make_installs(target: str) -> list[list[str]]:
+    """The pip installs `make TARGET` runs in a fresh checkout (a dry run: nothing is run)."""
+    result = subprocess.run(
+        ["make", "--dry-run", "--always-make", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    words = [shlex.split(line) for line in result.stdout.splitlines()]
+    return [w for w in words if "pip" in w and "install" in w and "--upgrade" not in w]
+
+
+def constrained(words: list[str]) -> bool:
+    pairs = zip(words, [*words[1:], ""], strict=True)
+    return any(a in ("-c", "--constraint") and b == "constraints.txt" for a, b in pairs)
+
+
+def test_make_run_installs_the_runtime_only_at_the_locked_versions() -> None:
+    installs = make_installs("run")
+    assert installs and all(constrained(w) for w in installs), installs
+    assert [w[-1] for w in installs] == ["."], installs  # warnsvc itself, no extras
+
+
+def test_make_test_adds_the_dev_tools_at_the_locked_versions() -> None:
+    installs = make_installs("test")
+    assert installs and all(constrained(w) for w in installs), installs
+    assert ".[dev]" in [w[-1] for w in installs], installs
+
+
+def test_the_image_installs_the_locked_versions() -> None:
+    rows = dockerfile()
+    second_from = [n for n, (i, _) in enumerate(rows) if i == "FROM"][1]
+    build, final = rows[:second_from], rows[second_from:]
+    copied = " ".join(a for i, a in build if i == "COPY").split()
+    assert "constraints.txt" in copied and "LICENSE" in copied
+    wheels = [shlex.split(a) for i, a in build if i == "RUN" and "wheel" in a]
+    assert wheels and all(constrained(w) for w in wheels), wheels
+    installs = [shlex.split(a) for i, a in final if i == "RUN" and "install" in a]
+    assert installs and all("--no-index" in w for w in installs), installs  # the wheels only
+
+
+def test_the_license_file_is_the_one_pyproject_names() -> None:
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License\n")
+    assert "Permission is hereby granted, free of charge, to any person" in text
