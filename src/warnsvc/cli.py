@@ -1,5 +1,6 @@
 """The ``warnsvc`` command line.
 
+    warnsvc init [DIR]     write the commented starter config to DIR/config/warnsvc.yaml
     warnsvc run            poll on schedule, serve feeds and health over HTTP
     warnsvc check-config   validate the YAML; one line per problem (file:line: key.path: ...)
     warnsvc parse          parse a file or URL with a source kind; observations as JSON lines
@@ -58,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
+    init = commands.add_parser(
+        "init",
+        help="write the commented starter config",
+        description=f"Write the commented starter config to DIR/{DEFAULT_CONFIG}, where "
+        "`warnsvc run` run in DIR finds it (data and feeds then go under DIR too).",
+    )
+    init.add_argument(
+        "dir", metavar="DIR", nargs="?", type=Path, default=Path("."), help="default: here"
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing config file")
     run = command("run", "poll on schedule and serve feeds and health over HTTP")
     run.add_argument("--host", help="override service.http.host")
     run.add_argument("--port", type=int, help="override service.http.port")
@@ -131,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        config = getattr(args, "config", None)
+        if isinstance(config, Path) and not config.exists():
+            where = "" if config == DEFAULT_CONFIG else " (then pass its path with -c)"
+            print(f"hint: `warnsvc init` writes a starter config{where}", file=sys.stderr)
         return EXIT_USAGE
     except StoreUnavailableError as exc:  # a wrong storage.url: the operator's to fix
         print(f"warnsvc: {exc}", file=sys.stderr)
@@ -149,7 +164,40 @@ def _load(args: argparse.Namespace, *, quiet: bool = True) -> Settings:
     return settings
 
 
-# -- run, check-config -------------------------------------------------------------------------
+# -- init, run, check-config -------------------------------------------------------------------
+
+
+def starter_config() -> str:
+    """The commented starter config shipped in the package (a copy of config/warnsvc.yaml)."""
+    from importlib.resources import files
+
+    return files("warnsvc").joinpath("starter", "warnsvc.yaml").read_text(encoding="utf-8")
+
+
+def _init(args: argparse.Namespace) -> int:
+    import shlex
+
+    directory: Path = args.dir
+    target = directory / DEFAULT_CONFIG
+    if target.exists() and not args.force:
+        print(
+            f"warnsvc: error: {target} exists; left as it is (--force replaces it)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(starter_config(), encoding="utf-8")
+    except OSError as exc:
+        print(f"warnsvc: error: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {target}: the starter config; its comments explain each setting")
+    go = "" if directory == Path(".") else f"cd {shlex.quote(str(directory))} && "
+    print(
+        f"next: {go}warnsvc run   (it serves http://127.0.0.1:8080/; "
+        "`warnsvc check-config` checks your edits)"
+    )
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -524,6 +572,7 @@ async def _manual(settings: Settings, args: argparse.Namespace, *, publishing: b
 
 
 _COMMANDS = {
+    "init": _init,
     "run": _run,
     "check-config": _check_config,
     "parse": _parse,

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -19,13 +23,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Site, country_html, index_html
-from tests.e2e.test_cli import awarnsvc, free_port, write_config
+from tests.conftest import ROOT, Site, country_html, index_html
+from tests.e2e.test_cli import awarnsvc, free_port, warnsvc, write_config
+from tests.unit.test_packaging import dockerfile
 from warnsvc.model import GCR2P_SCALE, Event, EventType
 from warnsvc.store.db import Store
 from warnsvc.store.webhooks import test_event as webhook_test_event
 
 pytestmark = pytest.mark.slow
+
+SHIPPED = (ROOT / "config" / "warnsvc.yaml").read_text(encoding="utf-8")
 
 
 @asynccontextmanager
@@ -61,6 +68,106 @@ async def serving(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+# -- 11: warnsvc init ------------------------------------------------------------------------
+
+
+def test_init_writes_the_starter_config_where_run_looks_for_it(tmp_path: Path) -> None:
+    result = warnsvc("init", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = tmp_path / "config" / "warnsvc.yaml"
+    assert written.read_text(encoding="utf-8") == SHIPPED
+    assert "config/warnsvc.yaml" in result.stdout
+    assert "next: warnsvc run" in result.stdout
+    checked = warnsvc("check-config", cwd=tmp_path)  # the default -c: what `run` reads
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_init_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
+    first = warnsvc("init", "site", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "next: cd site && warnsvc run" in first.stdout
+    written = tmp_path / "site" / "config" / "warnsvc.yaml"
+    written.write_text("# my edits\n", encoding="utf-8")
+
+    again = warnsvc("init", "site", cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stdout == ""
+    [line] = again.stderr.splitlines()
+    assert "site/config/warnsvc.yaml exists" in line and "--force" in line
+    assert written.read_text(encoding="utf-8") == "# my edits\n"
+
+    forced = warnsvc("init", "--force", "site", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert written.read_text(encoding="utf-8") == SHIPPED
+
+
+def test_run_without_a_config_says_how_to_make_one(tmp_path: Path) -> None:
+    result = warnsvc("run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "config/warnsvc.yaml: file not found",
+        "hint: `warnsvc init` writes a starter config",
+    ]
+
+
+def test_the_wheel_the_image_builds_ships_the_starter_config_and_the_license(
+    tmp_path: Path,
+) -> None:
+    """`pip install` of the wheel, then `warnsvc init`: the wheel is built from exactly what
+    the Dockerfile's build stage copies, and warnsvc is imported from it, not the checkout."""
+    context = tmp_path / "context"
+    rows = dockerfile()
+    second_from = [n for n, (i, _) in enumerate(rows) if i == "FROM"][1]
+    for instruction, args in rows[:second_from]:
+        if instruction == "COPY":
+            *sources, _dest = args.split()
+            for source in sources:
+                target = context / source
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("*.pyc"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, target)
+    wheels = tmp_path / "wheels"
+    build = subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"),
+            *("--no-build-isolation", "--no-index", "--wheel-dir", str(wheels), str(context)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    [wheel] = wheels.glob("warnsvc-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(site)
+    assert "warnsvc/starter/warnsvc.yaml" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import warnsvc; print(warnsvc.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(site)
+    init = subprocess.run(
+        [sys.executable, "-m", "warnsvc", "init", "app"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert init.returncode == 0, init.stderr
+    assert (tmp_path / "app" / "config" / "warnsvc.yaml").read_text(encoding="utf-8") == SHIPPED
 
 
 # -- 14: events without test pings; status: the whole error, its own service -----------------

@@ -110,6 +110,17 @@ def test_every_data_file_of_the_package_is_shipped() -> None:
     )
 
 
+def test_the_starter_config_in_the_package_is_the_shipped_config() -> None:
+    """`warnsvc init` writes the copy in the package (the wheel has no config/ directory); it
+    must say what config/warnsvc.yaml, the file `make run` and the image run, says."""
+    starter = ROOT / "src" / "warnsvc" / "starter" / "warnsvc.yaml"
+    shipped = ROOT / "config" / "warnsvc.yaml"
+    assert starter.read_bytes() == shipped.read_bytes(), (
+        "config/warnsvc.yaml and the starter differ: after editing config/warnsvc.yaml, run "
+        "cp config/warnsvc.yaml src/warnsvc/starter/warnsvc.yaml"
+    )
+
+
 # -- the lock file, the runtime install, the license -------------------------------------------
 
 
