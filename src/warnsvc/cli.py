@@ -120,10 +120,14 @@ def _parser() -> argparse.ArgumentParser:
         "from a local replay server, poll them, and write feeds.",
     )
     demo.add_argument(
-        "--feeds-dir",
+        "--dir",
         type=Path,
-        default=Path("feeds"),
-        help="where to write the feeds (default: feeds)",
+        default=Path("data/demo"),
+        help="where to leave the feeds, their database and a config serving them "
+        "(default: data/demo)",
+    )
+    demo.add_argument(
+        "--feeds-dir", type=Path, help="write the feeds here instead (default: DIR/feeds)"
     )
     demo.add_argument(
         "--confirm-delay",
@@ -431,7 +435,9 @@ def _demo(args: argparse.Namespace) -> int:
     from warnsvc.demo import run_demo
 
     setup_logging(args.log_level or "warning", args.log_format or "text")
-    return asyncio.run(run_demo(feeds_dir=args.feeds_dir, confirm_delay=args.confirm_delay))
+    return asyncio.run(
+        run_demo(out_dir=args.dir, feeds_dir=args.feeds_dir, confirm_delay=args.confirm_delay)
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -206,22 +206,24 @@ def test_demo_leaves_one_feed_entry_per_confirmed_change(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 60
     assert "no alert sent" in result.stdout  # the one-poll glitch was filtered out
-    feed = feedparser.parse(tmp_path / "feeds" / "alerts.atom")
+    feeds = tmp_path / "data" / "demo" / "feeds"  # beside the demo's database and config
+    feed = feedparser.parse(feeds / "alerts.atom")
     assert feed.bozo == 0
     assert [e.title for e in feed.entries] == [
         "Nagorno-Karabakh (Armenia/Azerbaijan): Imminent Risk -> Serious Concern",
         "Nagorno-Karabakh (Armenia/Azerbaijan): Serious Concern -> Imminent Risk",
         "Nagorno-Karabakh (Armenia/Azerbaijan): listed at Serious Concern",
     ]
-    rss = feedparser.parse(tmp_path / "feeds" / "alerts.rss")
+    rss = feedparser.parse(feeds / "alerts.rss")
     assert len(rss.entries) == 3
-    items = json.loads((tmp_path / "feeds" / "alerts.json").read_text())["items"]
+    items = json.loads((feeds / "alerts.json").read_text())["items"]
     assert [i["_warnsvc"]["type"] for i in items] == [
         "risk.deescalated",
         "risk.escalated",
         "situation.listed",
     ]
-    assert (tmp_path / "feeds" / "situations" / "gcr2p:nagorno-karabakh.atom").is_file()
+    assert (feeds / "situations" / "gcr2p:nagorno-karabakh.atom").is_file()
+    assert not (tmp_path / "feeds").exists()
 
 
 # -- run ---------------------------------------------------------------------------------------

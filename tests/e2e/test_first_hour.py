@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -21,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import feedparser
 import pytest
 
 from tests.conftest import ROOT, Site, country_html, index_html
@@ -68,6 +70,13 @@ async def serving(
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+def run_command(words: list[str]) -> list[str]:
+    """A printed `warnsvc ...` command as argv (`warnsvc` itself may not be on PATH here)."""
+    if words[0] == "warnsvc" and shutil.which("warnsvc") is None:
+        return [sys.executable, "-m", "warnsvc", *words[1:]]
+    return words
 
 
 # -- 11: warnsvc init ------------------------------------------------------------------------
@@ -168,6 +177,46 @@ def test_the_wheel_the_image_builds_ships_the_starter_config_and_the_license(
     )
     assert init.returncode == 0, init.stderr
     assert (tmp_path / "app" / "config" / "warnsvc.yaml").read_text(encoding="utf-8") == SHIPPED
+
+
+# -- 12: the demo's next step ----------------------------------------------------------------
+
+
+async def test_the_command_the_demo_prints_serves_its_feeds_and_events(tmp_path: Path) -> None:
+    code, out, err = await awarnsvc("demo", "--confirm-delay", "0.2", cwd=tmp_path)
+    assert code == 0, err
+    found = re.search(r"^Serve them over HTTP with: (.+?)\s{2,}\(then open", out, re.MULTILINE)
+    assert found, out
+    command = run_command(shlex.split(found.group(1)))
+    port = free_port()
+    async with (
+        serving([*command, "--port", str(port)], tmp_path, port) as (base, _),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(f"{base}/feeds/alerts.atom") as resp:
+            assert resp.status == 200
+            feed = feedparser.parse(await resp.read())
+        assert [e.title for e in feed.entries] == [
+            "Nagorno-Karabakh (Armenia/Azerbaijan): Imminent Risk -> Serious Concern",
+            "Nagorno-Karabakh (Armenia/Azerbaijan): Serious Concern -> Imminent Risk",
+            "Nagorno-Karabakh (Armenia/Azerbaijan): listed at Serious Concern",
+        ]
+        async with http.get(f"{base}/feeds/situations/gcr2p:nagorno-karabakh.atom") as resp:
+            assert resp.status == 200
+    config = command[command.index("-c") + 1]
+    code, out, err = await awarnsvc("events", "--json", "-c", config, cwd=tmp_path)
+    assert code == 0, err
+    assert [json.loads(line)["type"] for line in out.splitlines()] == [
+        "risk.deescalated",
+        "risk.escalated",
+        "situation.listed",
+    ]
+    # Played again, the demo starts from an empty database: the same three events, no more.
+    code, out, err = await awarnsvc("demo", "--confirm-delay", "0.2", cwd=tmp_path)
+    assert code == 0, err
+    assert "baseline recorded" in out and "no alert sent" in out
+    code, out, err = await awarnsvc("events", "--json", "-c", config, cwd=tmp_path)
+    assert len(out.splitlines()) == 3, out
 
 
 # -- 14: events without test pings; status: the whole error, its own service -----------------

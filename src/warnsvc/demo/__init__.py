@@ -4,6 +4,11 @@ A replay server on loopback serves GCR2P pages built from the bundled fixtures a
 stage by stage: a baseline, a new situation listed, a one-poll glitch that confirmation
 filters out, an escalation and a de-escalation. The real pipeline polls it (fetch, parse,
 detect, confirm, store, outbox, feeds) and leaves Atom, RSS and JSON feeds on disk.
+
+Everything it leaves is in one directory (``data/demo`` by default): the feeds, the database
+they were built from (``demo.db``) and a config (``warnsvc.yaml``) that serves them with
+``warnsvc run -c DIR/warnsvc.yaml``, the command the demo prints last. That config keeps the
+demo's source, disabled: the replay server stops with the demo.
 """
 
 from __future__ import annotations
@@ -11,16 +16,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import html
+import json
 import re
+import shlex
+import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from warnsvc.config import parse_config
+from warnsvc.config import load_config, parse_config
 from warnsvc.pipeline import PollReport
 from warnsvc.service import Components, build_components
 
@@ -184,21 +191,67 @@ def _summary(slug: str) -> str:
     return parse_country_page(text).summary
 
 
-def _demo_config(base_url: str, data_dir: Path, feeds_dir: Path, confirm_delay: float) -> str:
-    return f"""
-service: {{name: warnsvc demo}}
-storage: {{url: "sqlite+aiosqlite:///{data_dir / "demo.db"}"}}
-detection: {{confirmations: 2, confirm_delay: {confirm_delay}}}
-feeds: {{dir: "{feeds_dir}", title: "warnsvc demo (replayed GCR2P pages)"}}
+DATABASE = "demo.db"
+CONFIG = "warnsvc.yaml"
+
+
+def _demo_config(
+    base_url: str, out_dir: Path, feeds_dir: Path, confirm_delay: float, *, polling: bool
+) -> str:
+    """The demo's config: ``polling`` while the demo runs; after it, the one that serves what
+    it left (its paths absolute, so that it works from any directory)."""
+
+    def path(p: Path) -> str:
+        return json.dumps(str(p if polling else p.resolve()))
+
+    database = json.dumps(f"sqlite+aiosqlite:///{json.loads(path(out_dir / DATABASE))}")
+    head = (
+        f"detection: {{confirmations: 2, confirm_delay: {confirm_delay}}}\n"
+        if polling
+        else "# Written by `warnsvc demo`: serves the feeds and events the demo left here:\n"
+        f"#     warnsvc run -c {out_dir / CONFIG}\n"
+        "# The demo's source is kept, disabled: its replay server stopped with the demo.\n"
+    )
+    return f"""{head}service:
+  name: warnsvc demo
+  pid_file: {path(out_dir / "warnsvc.pid")}
+storage: {{url: {database}}}
+feeds: {{dir: {path(feeds_dir)}, title: "warnsvc demo (replayed GCR2P pages)"}}
 sources:
   - id: gcr2p
     kind: gcr2p-index
     name: Global Centre for the Responsibility to Protect (demo replay)
     url: {base_url}/populations-at-risk/
+    enabled: {"true" if polling else "false"}
     follow_pages: true
     page_delay: 0s
     fetch: {{timeout: 5s, retries: 0}}
 """
+
+
+def _program() -> str:
+    """How to start warnsvc again, as this process was started (for the printed command)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "__main__.py":  # python -m warnsvc
+        return f"{shlex.quote(sys.executable)} -m warnsvc"
+    on_path = shutil.which("warnsvc")
+    if argv0.name == "warnsvc" and not (on_path and Path(on_path).samefile(argv0)):
+        return shlex.quote(str(argv0))  # e.g. .venv/bin/warnsvc
+    return "warnsvc"
+
+
+def _fresh(out_dir: Path) -> None:
+    """Make ``out_dir``, without the database a previous demo left: the replay starts from an
+    empty one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    load_config(path)  # what the printed command reads: it must be valid
+    return path
 
 
 def _say(text: str) -> None:
@@ -222,24 +275,32 @@ def _describe(report: PollReport) -> str:
     return text
 
 
-async def run_demo(*, feeds_dir: Path, confirm_delay: float = 1.0) -> int:
+async def run_demo(
+    *, out_dir: Path = Path("data/demo"), feeds_dir: Path | None = None, confirm_delay: float = 1.0
+) -> int:
+    """Play the stages; leave the feeds (default ``out_dir/feeds``), their database and a
+    config that serves them in ``out_dir``."""
     started = time.monotonic()
+    feeds_dir = feeds_dir or out_dir / "feeds"
+    _fresh(out_dir)
     server = ReplayServer()
     base_url = await server.start()
-    with tempfile.TemporaryDirectory(prefix="warnsvc-demo-") as tmp:
-        text = _demo_config(base_url, Path(tmp), feeds_dir, confirm_delay)
-        settings = parse_config(text, filename="<demo>")
-        parts = await build_components(settings)
-        _say(f"warnsvc demo: replaying GCR2P pages from {base_url}/populations-at-risk/")
-        _say("  (the level changes below are invented for the demo; the pages are real text)")
-        events = 0
-        try:
-            for number, stage in enumerate(STAGES, start=1):
-                events += await _play(stage, number, server, parts, confirm_delay)
-            await parts.dispatcher.drain()
-        finally:
-            await parts.close()
-            await server.stop()
+    text = _demo_config(base_url, out_dir, feeds_dir, confirm_delay, polling=True)
+    settings = parse_config(text, filename="<demo>")
+    parts = await build_components(settings)
+    _say(f"warnsvc demo: replaying GCR2P pages from {base_url}/populations-at-risk/")
+    _say("  (the level changes below are invented for the demo; the pages are real text)")
+    events = 0
+    try:
+        for number, stage in enumerate(STAGES, start=1):
+            events += await _play(stage, number, server, parts, confirm_delay)
+        await parts.dispatcher.drain()
+    finally:
+        await parts.close()
+        await server.stop()
+    config = _write_config(
+        out_dir / CONFIG, _demo_config(base_url, out_dir, feeds_dir, confirm_delay, polling=False)
+    )
     _say(
         f"\nDone in {time.monotonic() - started:.1f}s: {events} event(s), "
         f"{server.hits} page fetches. Feeds written under {feeds_dir}/:"
@@ -247,7 +308,10 @@ async def run_demo(*, feeds_dir: Path, confirm_delay: float = 1.0) -> int:
     for name in ("alerts.atom", "alerts.rss", "alerts.json"):
         _say(f"  {feeds_dir / name}")
     _say(f"  {feeds_dir}/situations/*.atom, {feeds_dir}/levels/*.atom")
-    _say("Serve them over HTTP with: warnsvc run   (then open http://127.0.0.1:8080/)")
+    _say(f"The events are kept in {out_dir / DATABASE}, and {config} serves them.")
+    command = f"{_program()} run -c {shlex.quote(str(config))}"
+    _say(f"Serve them over HTTP with: {command}   (then open http://127.0.0.1:8080/)")
+    _say(f"List the events with:      {_program()} events -c {shlex.quote(str(config))}")
     return 0
 
 
