@@ -280,6 +280,9 @@ class WebhookChannel:
         # A send must not start so late that it could outlive the claim's lease.
         start_by = loop.time() + self.lease - self.settings.longest_send - 3.0
         targets = await self.endpoints.targets(d.recipient for d in deliveries)
+        orphans = [d.id for d in deliveries if d.recipient not in targets]
+        if orphans:  # routed just before their endpoint was deleted: dropped, as the API says
+            await self.endpoints.drop_orphans(orphans)
         batch = _Batch(
             outcomes=[None] * len(deliveries),
             left=len(deliveries),
@@ -290,8 +293,8 @@ class WebhookChannel:
         urls: dict[str, URL] = {}  # parsed once per batch, not again by every request
         for index, delivery in enumerate(deliveries):
             target = targets.get(delivery.recipient)
-            if target is None:
-                batch.settle(index, _dead(delivery, "endpoint deleted"))
+            if target is None:  # its row is gone: nothing to record, nothing to send
+                batch.settle(index, _not_started(delivery))
             elif not target.enabled:
                 reason = target.disabled_reason or "disabled"
                 batch.settle(index, _dead(delivery, f"endpoint disabled: {reason}"))
