@@ -1461,7 +1461,8 @@ def _constraint_message(kind: str, ctx: Mapping[str, Any], value: object, msg: s
     if kind == "too_short" and ctx.get("min_length") == 1:
         return "must not be empty"
     if kind == "string_too_short":
-        return "must not be empty"
+        least = int(ctx.get("min_length", 1))
+        return "must not be empty" if least <= 1 else f"must be at least {least} characters"
     return f"{msg[:1].lower()}{msg[1:]}, not {shown}"
 
 
