@@ -52,6 +52,9 @@ def test_the_image_runs_the_same_command_as_make_run() -> None:
     cmd = exec_form(next(a for i, a in rows if i == "CMD"))
     assert entrypoint == ["warnsvc"]
     assert cmd == makefile_run_command() == ["run", "-c", "config/warnsvc.yaml"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    docker = readme[readme.index("## Docker") :]
+    assert f"`warnsvc {shlex.join(cmd)}`" in docker, "the README's Docker section names the CMD"
 
 
 def test_every_file_the_image_copies_exists() -> None:
