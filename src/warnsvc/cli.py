@@ -28,7 +28,7 @@ from typing import Any
 
 from warnsvc import __version__
 from warnsvc.config import Settings, load_config
-from warnsvc.errors import ConfigError, SourceError, StoreUnavailableError, WarnsvcError
+from warnsvc.errors import ConfigError, SourceError, StartupError, WarnsvcError
 from warnsvc.logs import setup_logging
 from warnsvc.model import Event, EventType, Observation
 from warnsvc.pipeline import PollReport
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             where = "" if config == DEFAULT_CONFIG else " (then pass its path with -c)"
             print(f"hint: `warnsvc init` writes a starter config{where}", file=sys.stderr)
         return EXIT_USAGE
-    except StoreUnavailableError as exc:  # a wrong storage.url: the operator's to fix
+    except StartupError as exc:  # a wrong storage.url, a port in use: the operator's to fix
         print(f"warnsvc: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
