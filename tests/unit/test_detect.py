@@ -676,6 +676,27 @@ PROPERTY = settings(
 )
 
 
+def changes_of(
+    detections: Sequence[Detection], situation: str
+) -> list[tuple[EventType, str | None, str | None] | None]:
+    """Per poll, the one change of ``situation`` (type, level, previous level), or None."""
+    found: list[tuple[EventType, str | None, str | None] | None] = []
+    for detection in detections:
+        mine = [c for c in detection.changes if c.situation == situation]
+        assert len(mine) <= 1
+        change = mine[0] if mine else None
+        found.append(
+            (
+                change.type,
+                change.level.id if change.level else None,
+                change.previous_level.id if change.previous_level else None,
+            )
+            if change
+            else None
+        )
+    return found
+
+
 def observations_of(poll: Poll) -> list[Observation]:
     found = []
     for situation, value in poll.items():
@@ -752,19 +773,7 @@ def test_confirmed_changes_follow_the_run_length_reference(
     _, detections = run(polls, confirmations, baseline=baseline)
     for situation in SITUATIONS:
         expected = reference([p[situation] for p in polls], confirmations, baseline=baseline)
-        actual = []
-        for detection in detections:
-            mine = [c for c in detection.changes if c.situation == situation]
-            assert len(mine) <= 1
-            actual.append(
-                (
-                    mine[0].type,
-                    mine[0].level.id if mine[0].level else None,
-                    mine[0].previous_level.id if mine[0].previous_level else None,
-                )
-                if mine
-                else None
-            )
+        actual = changes_of(detections, situation)
         assert actual == expected
 
 
@@ -853,19 +862,7 @@ def test_non_authoritative_source_delists_only_what_its_pages_call_previously_st
     for situation in SITUATIONS:
         values = [p[situation] for p in polls]
         expected = reference_without_authority(values, confirmations, baseline=baseline)
-        actual = []
-        for detection in detections:
-            mine = [c for c in detection.changes if c.situation == situation]
-            assert len(mine) <= 1
-            actual.append(
-                (
-                    mine[0].type,
-                    mine[0].level.id if mine[0].level else None,
-                    mine[0].previous_level.id if mine[0].previous_level else None,
-                )
-                if mine
-                else None
-            )
+        actual = changes_of(detections, situation)
         assert actual == expected
         for value, change in zip(values, actual, strict=True):
             if change is not None and change[0] is EventType.DELISTED:
