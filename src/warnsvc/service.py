@@ -35,12 +35,13 @@ from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
 from warnsvc.cluster import Cluster
 from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
+from warnsvc.dispatch import Dispatcher
 from warnsvc.errors import ConfigError, ListenError, StoreError
 from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
 from warnsvc.outbox import RetryPolicy
-from warnsvc.pipeline import Dispatcher, Poller, PollReport, Routing
+from warnsvc.pipeline import Poller, PollReport, Routing
 from warnsvc.reconfigure import email_added, reconfigure_email, reconfigure_webhooks
 from warnsvc.reload import ConfigWatcher, ReloadPlan, plan_reload
 from warnsvc.sources.base import PageLoader, Source, SourceInfo

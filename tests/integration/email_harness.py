@@ -20,11 +20,12 @@ from warnsvc.channels.email import (
     Mailer,
     sender_from,
 )
+from warnsvc.dispatch import Dispatcher
 from warnsvc.mail.filters import Filters
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.model import GCR2P_SCALE, Event, EventType, Level
 from warnsvc.outbox import RetryPolicy
-from warnsvc.pipeline import Dispatcher, Routing
+from warnsvc.pipeline import Routing
 from warnsvc.store import schema
 from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.db import Store

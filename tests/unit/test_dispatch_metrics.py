@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from warnsvc.dispatch import _count_delivered
 from warnsvc.metrics import REGISTRY
 from warnsvc.outbox import Delivery
-from warnsvc.pipeline import _count_delivered
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
