@@ -24,17 +24,32 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from warnsvc import __version__
-from warnsvc.config import Settings, load_config
 from warnsvc.errors import ConfigError, SourceError, StartupError, WarnsvcError
-from warnsvc.logs import setup_logging
-from warnsvc.model import Event, EventType, Observation
-from warnsvc.pipeline import PollReport
+
+if TYPE_CHECKING:  # each command imports what it needs: `--help` and check-config start fast
+    from warnsvc.config import Settings
+    from warnsvc.model import Event, Observation
+    from warnsvc.pipeline import PollReport
 
 DEFAULT_CONFIG = Path("config/warnsvc.yaml")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def load_config(path: Path) -> Settings:
+    """:func:`warnsvc.config.load_config`, imported when a command first reads its config."""
+    from warnsvc.config import load_config as load
+
+    return load(path)
+
+
+def setup_logging(level: str, log_format: str) -> None:
+    """:func:`warnsvc.logs.setup_logging`, imported when a command first logs."""
+    from warnsvc.logs import setup_logging as setup
+
+    setup(level, log_format)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -497,6 +512,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 async def _show_events(settings: Settings, args: argparse.Namespace) -> int:
+    from warnsvc.model import EventType
     from warnsvc.status import render_events
     from warnsvc.store.db import Store
 

@@ -20,6 +20,7 @@ and naming it in :data:`SourceSettings`.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
@@ -46,8 +47,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from warnsvc.errors import ConfigError, ConfigProblem
 from warnsvc.model import BUILTIN_SCALES, Scale, normalize_name
@@ -270,21 +269,41 @@ def _base_url(value: str) -> str:
 
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_DATABASE_URL = re.compile(
+    r"""
+    (?P<driver>[\w+]+)://
+    (?:[^:/]*(?::[^@]*)?@)?                   # user and password
+    (?:(?:\[[^/?]+\]|[^/:?]+)?(?::(?P<port>[^/?]*))?)?  # host and port
+    """,
+    re.VERBOSE,
+)
+"""What SQLAlchemy's ``make_url`` accepts up to the database name (checked here without
+importing SQLAlchemy, so that reading the config stays cheap)."""
 
 
-def _database_url(value: str) -> str:
+def _database_driver(value: str) -> str:
+    match = _DATABASE_URL.match(value)
     try:
-        url = make_url(value)
-    except (ArgumentError, ValueError):
+        if match is None:
+            raise ValueError(value)
+        port = match.group("port")
+        if port is not None:
+            int(port)  # as SQLAlchemy: an empty port is no port number either
+    except ValueError:
         raise ValueError(
             f"must be an SQLAlchemy URL like 'sqlite+aiosqlite:///data/warnsvc.db', not {value!r}"
         ) from None
-    if url.drivername in _ASYNC_DRIVERS:
-        example = _ASYNC_DRIVERS[url.drivername]
-        raise ValueError(f"needs an async driver: write '{example}://...', not '{url.drivername}'")
-    if url.drivername not in _ASYNC_DRIVERS.values():
+    return match.group("driver")
+
+
+def _database_url(value: str) -> str:
+    driver = _database_driver(value)
+    if driver in _ASYNC_DRIVERS:
+        example = _ASYNC_DRIVERS[driver]
+        raise ValueError(f"needs an async driver: write '{example}://...', not '{driver}'")
+    if driver not in _ASYNC_DRIVERS.values():
         supported = " or ".join(f"'{d}://...'" for d in _ASYNC_DRIVERS.values())
-        raise ValueError(f"warnsvc runs on {supported}, not '{url.drivername}'")
+        raise ValueError(f"warnsvc runs on {supported}, not '{driver}'")
     return value
 
 
@@ -316,7 +335,7 @@ def _default_name(data: Any, make: Callable[[str], str]) -> Any:
 class _Section(BaseModel):
     """Every settings model rejects unknown keys and is immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class HttpSettings(_Section):
@@ -461,13 +480,26 @@ def _regex(value: str) -> str:
 
 
 def _css(value: str) -> str:
+    if not _parses_as_css(value):
+        raise ValueError(f"must be a CSS selector like 'div.alert h2', not {value!r}")
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _parses_as_css(selector: str) -> bool:
+    """Whether lexbor parses ``selector`` (many sources share their selectors: asked once)."""
+    try:
+        _css_document().css(selector)
+    except Exception:  # selectolax raises its own error class for a bad selector
+        return False
+    return True
+
+
+@functools.cache
+def _css_document() -> Any:
     from selectolax.lexbor import LexborHTMLParser
 
-    try:
-        LexborHTMLParser("<p></p>").css(value)
-    except Exception:  # selectolax raises its own error class for a bad selector
-        raise ValueError(f"must be a CSS selector like 'div.alert h2', not {value!r}") from None
-    return value
+    return LexborHTMLParser("<p></p>")
 
 
 def _json_path(value: str) -> str:
@@ -996,7 +1028,11 @@ class Settings(_Section):
 _INTERNAL_FIELDS: Mapping[type[BaseModel], frozenset[str]] = {Settings: frozenset({"path"})}
 """Fields that are set by code, never read from the file."""
 
-_SCALE_ADAPTER: TypeAdapter[ScaleSettings] = TypeAdapter(ScaleSettings)
+
+@functools.cache
+def _scale_adapter() -> TypeAdapter[ScaleSettings]:
+    """Validates one scale alone (only a config with problems needs it)."""
+    return TypeAdapter(ScaleSettings)
 
 
 # --------------------------------------------------------------------------- public API
@@ -1051,14 +1087,59 @@ class _Document:
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _REFERENCE = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
 _REFERENCE_BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 
 
+try:
+    from yaml import CSafeLoader as _LibyamlLoader
+
+    _LIBYAML = True
+except ImportError:  # pragma: no cover - a PyYAML built without libyaml
+    _LibyamlLoader = yaml.SafeLoader  # type: ignore[misc,assignment]
+    _LIBYAML = False
+
+
+class _FastLoader(_LibyamlLoader):
+    """libyaml's safe loader (several times faster than the pure-Python one, with the same
+    line marks), remembering the tag each plain scalar resolves to: a config repeats its keys
+    and values (``kind: page`` for every source), and PyYAML resolves each one in Python."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._tags: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        key = (value, implicit)
+        tag = self._tags.get(key) if kind is yaml.ScalarNode else None
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+            if kind is yaml.ScalarNode:
+                self._tags[key] = tag
+        return str(tag)
+
+
+_Loader = _FastLoader | yaml.SafeLoader
+
+
 def _read_yaml(text: str, filename: str, environ: Mapping[str, str]) -> _Document:
+    document = _read_with(_FastLoader, text, filename, environ)
+    if document.fatal and _LIBYAML:
+        # invalid YAML: the pure-Python parser finds the same line and says more about it
+        # ("found undefined alias 'base'" rather than "found undefined alias")
+        document = _read_with(yaml.SafeLoader, text, filename, environ)
+    return document
+
+
+def _read_with(
+    loader_class: type[_Loader], text: str, filename: str, environ: Mapping[str, str]
+) -> _Document:
     document = _Document()
-    loader = yaml.SafeLoader(text)
+    loader: _Loader | None = None
     try:
+        loader = loader_class(text)  # the pure-Python reader checks the characters here
         root = loader.get_single_node()
         if root is not None:
             reader = _NodeReader(filename, environ, loader, document)
@@ -1066,11 +1147,17 @@ def _read_yaml(text: str, filename: str, environ: Mapping[str, str]) -> _Documen
     except yaml.MarkedYAMLError as exc:
         document.problems.append(_syntax_problem(filename, exc))
         document.fatal = True
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"invalid YAML: character {exc.character:#06x} is not allowed"
+        document.problems.append(ConfigProblem(filename, line, "", message))
+        document.fatal = True
     except yaml.YAMLError as exc:
         document.problems.append(ConfigProblem(filename, None, "", f"invalid YAML: {exc}"))
         document.fatal = True
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return document
 
 
@@ -1094,7 +1181,7 @@ class _NodeReader:
         self,
         filename: str,
         environ: Mapping[str, str],
-        loader: yaml.SafeLoader,
+        loader: _Loader,
         document: _Document,
     ) -> None:
         self.filename = filename
@@ -1106,6 +1193,8 @@ class _NodeReader:
 
     def read(self, node: yaml.Node, loc: Loc) -> object:
         self.document.lines.setdefault(loc, node.start_mark.line + 1)
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, loc)
         if id(node) in self.active:
             self._fail(loc, "an alias refers to itself")
             return None
@@ -1115,7 +1204,7 @@ class _NodeReader:
                 return self._mapping(node, loc)
             if isinstance(node, yaml.SequenceNode):
                 return self._sequence(node, loc)
-            return self._scalar(node, loc)
+            return None  # pragma: no cover - a YAML node is a scalar, a sequence or a mapping
         finally:
             self.active.discard(id(node))
 
@@ -1133,8 +1222,10 @@ class _NodeReader:
             self._fail(loc, f"unsupported YAML tag {_short_tag(node.tag)!r}")
             return None
         # Keys written in this mapping (not merged in with `<<`); an alias visits a node twice.
-        own = self.own_keys.setdefault(id(node), {id(key) for key, _ in node.value})
-        self.loader.flatten_mapping(node)
+        own = self.own_keys.get(id(node))
+        if own is None and any(key.tag == _MERGE_TAG for key, _ in node.value):
+            own = self.own_keys[id(node)] = {id(key) for key, _ in node.value}
+            self.loader.flatten_mapping(node)
         result: dict[str, object] = {}
         written: set[str] = set()
         for key_node, value_node in node.value:
@@ -1143,7 +1234,7 @@ class _NodeReader:
                 self._problem(loc, "keys must be plain strings", line)
                 continue
             child = (*loc, key_node.value)
-            if id(key_node) in own:
+            if own is None or id(key_node) in own:
                 if key_node.value in written:
                     first = self.document.lines[child]
                     message = f"duplicate key {key_node.value!r} (first at line {first})"
@@ -1159,13 +1250,18 @@ class _NodeReader:
             return None
         return [self.read(item, (*loc, index)) for index, item in enumerate(node.value)]
 
-    def _scalar(self, node: yaml.Node, loc: Loc) -> object:
-        try:
-            value = self.loader.construct_object(node, deep=True)
-        except (yaml.YAMLError, ValueError):
-            self._fail(loc, self._unreadable(node))
-            return None
-        return self._substitute(value, loc) if isinstance(value, str) else value
+    def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> object:
+        if node.tag == _STR_TAG:  # most values: the text as written
+            value: object = node.value
+        else:
+            try:
+                value = self.loader.construct_object(node, deep=True)
+            except (yaml.YAMLError, ValueError):
+                self._fail(loc, self._unreadable(node))
+                return None
+        if isinstance(value, str) and "$" in value:
+            return self._substitute(value, loc)
+        return value
 
     def _unreadable(self, node: yaml.Node) -> str:
         if node.tag not in self.loader.yaml_constructors:
@@ -1251,7 +1347,7 @@ class _Checker:
         """Cross-check the scales and sources that validate alone, when the whole did not."""
         if not isinstance(data, dict):
             return
-        scales = _valid_items(data.get("scales"), _SCALE_ADAPTER)
+        scales = _valid_items(data.get("scales"), _scale_adapter())
         sources = _raw_source_refs(data.get("sources"))
         raw_scales = data.get("scales")
         scale_ids = {scale.id for scale in BUILTIN_SCALES}

@@ -14,12 +14,11 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from warnsvc.config import Settings
-from warnsvc.security.ssrf import UnsafeUrlError
-from warnsvc.store.db import Store
-from warnsvc.store.webhooks import Endpoint, EndpointStore, Filters, refused_character
-from warnsvc.webhook_wiring import level_ranks, make_guard, static_endpoints
+if TYPE_CHECKING:  # imported when the command runs: building the parser stays cheap
+    from warnsvc.config import Settings
+    from warnsvc.store.webhooks import Endpoint, EndpointStore
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EVENT_TYPES = (
@@ -63,6 +62,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from warnsvc.store.db import Store
+    from warnsvc.webhook_wiring import level_ranks, static_endpoints
+
     store = await Store.open(settings.storage.url)
     try:
         endpoints = store.endpoints
@@ -109,6 +111,10 @@ async def _list(endpoints: EndpointStore, *, as_json: bool) -> int:
 
 
 async def _add(endpoints: EndpointStore, settings: Settings, args: argparse.Namespace) -> int:
+    from warnsvc.security.ssrf import UnsafeUrlError
+    from warnsvc.store.webhooks import Filters, refused_character
+    from warnsvc.webhook_wiring import level_ranks, make_guard
+
     partners = [p.id for p in settings.webhooks.partners]
     if args.partner is not None and args.partner not in partners:
         _error(f"unknown partner {args.partner!r} (known: {', '.join(partners) or 'none'})")
