@@ -5,7 +5,9 @@ the standard library's expat parser and refuses, before any of it takes effect:
 
 * a document type declaration (``<!DOCTYPE ...>``) of any kind, so no internal subset, no
   entity declaration (billion laughs, quadratic blow-up) and no external DTD is ever read;
-* entity declarations and external references, should a DTD ever get past the first rule.
+* entity declarations and external references, should a DTD ever get past the first rule;
+* elements nested deeper than :data:`MAX_DEPTH` (a "depth bomb": a few megabytes of ``<x><x>...``
+  that would take the tree, then feedparser, many seconds and hundreds of megabytes to read).
 
 A refused document raises :class:`~warnsvc.errors.UnsafeXmlError`; a document that is not
 well-formed (truncated, binary, HTML) raises :class:`~warnsvc.errors.SourceParseError` naming
@@ -24,19 +26,39 @@ from defusedxml.ElementTree import DefusedXMLParser
 
 from warnsvc.errors import SourceParseError, UnsafeXmlError
 
+MAX_DEPTH = 256
+"""The deepest element nesting read. Feeds and CAP alerts nest about ten deep; XHTML content in
+an Atom entry a few dozen."""
+
 _DECLARATION = re.compile(r"^\s*<\?xml[^>]*?\?>", re.S)
 _ENCODING = re.compile(r"""encoding\s*=\s*["'][^"']*["']""")
 
 
+class _TooDeepError(Exception):
+    """The document nests elements deeper than MAX_DEPTH."""
+
+
 class _NamespaceRecorder(TreeBuilder):
-    """A tree builder that also keeps every namespace prefix declared in the document."""
+    """A tree builder that also keeps every namespace prefix declared in the document, and
+    stops at the first element nested deeper than :data:`MAX_DEPTH`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.namespaces: dict[str, str] = {}
+        self.depth = 0
 
     def start_ns(self, prefix: str, uri: str) -> None:
         self.namespaces.setdefault(prefix, uri)
+
+    def start(self, tag: str, attrs: dict[str, str], /) -> Element:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooDeepError
+        return super().start(tag, attrs)
+
+    def end(self, tag: str, /) -> Element:
+        self.depth -= 1
+        return super().end(tag)
 
 
 def parse_xml(text: str) -> tuple[Element, dict[str, str]]:
@@ -55,6 +77,10 @@ def parse_xml(text: str) -> tuple[Element, dict[str, str]]:
     try:
         parser.feed(body)
         root = parser.close()
+    except _TooDeepError:
+        raise SourceParseError(
+            f"XML nested deeper than {MAX_DEPTH} elements is refused: a feed or alert never is"
+        ) from None
     except DTDForbidden as exc:
         raise UnsafeXmlError(
             f"XML with a document type declaration (<!DOCTYPE {exc.name}>) is refused: "
