@@ -8,22 +8,31 @@ A *kind* (``gcr2p-index``, ``gcr2p-page``, ...) pairs a pure ``parse`` function,
 ``warnsvc parse`` runs on a file or URL, with a ``build`` function that makes a polling source
 from its YAML settings. Adding a kind means one module and one entry in
 :mod:`warnsvc.sources.registry`.
+
+A polling source parses through :func:`~warnsvc.sources.worker.parse_bounded`: off the event
+loop, in a worker process, within the source's time and memory limits. So a parse function and
+its settings must pickle: a module-level function, with frozen dataclasses of rules. This module
+imports neither aiohttp nor the store at run time, so a worker starts light.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from warnsvc.errors import SourceParseError, SourceUnavailableError
 from warnsvc.model import Observation, Scale
-from warnsvc.sources.fetch import Fetcher
 from warnsvc.sources.text import decode_body
-from warnsvc.store.db import CachedPage
+from warnsvc.sources.worker import DEFAULT_LIMITS, ParseLimits, limits_from_settings, parse_bounded
+
+if TYPE_CHECKING:
+    from warnsvc.sources.fetch import Fetcher
+    from warnsvc.store.db import CachedPage
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,8 @@ class PageLoader:
                 not_modified=True,
             )
         if self.cache is not None and (result.etag or result.last_modified):
+            from warnsvc.store.db import CachedPage
+
             await self.cache.save_page(
                 CachedPage(
                     url=url,
@@ -169,19 +180,28 @@ class RulesSource(Generic[R]):
     """A polling source that fetches one URL and reads it with a rules-driven parser."""
 
     def __init__(
-        self, info: SourceInfo, loader: PageLoader, url: str, parse: RulesParser[R], rules: R
+        self,
+        info: SourceInfo,
+        loader: PageLoader,
+        url: str,
+        parse: RulesParser[R],
+        rules: R,
+        limits: ParseLimits = DEFAULT_LIMITS,
     ) -> None:
         self.info = info
         self.loader = loader
         self.url = url
         self.parse = parse
         self.rules = rules
+        self.limits = limits
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
         with about(self.url):
-            return self.parse(
+            return await parse_bounded(
+                self.parse,
                 page.text,
+                limits=self.limits,
                 url=page.url,
                 content_type=page.content_type,
                 scale=self.info.scale,
@@ -204,28 +224,13 @@ def rules_kind(
     parse function with default rules, with a source's rules, and its polling source."""
 
     def with_rules(rules: R) -> ParseFunction:
-        def parse_document(
-            body: str,
-            *,
-            url: str | None,
-            content_type: str | None,
-            scale: Scale,
-            namespace: str,
-        ) -> list[Observation]:
-            return parse(
-                body,
-                url=url,
-                content_type=content_type,
-                scale=scale,
-                namespace=namespace,
-                rules=rules,
-            )
-
-        return parse_document
+        return functools.partial(parse, rules=rules)  # pickles, for a worker process
 
     def build(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
         info = replace(info, authoritative=bool(settings.authoritative))
-        return RulesSource(info, loader, str(settings.url), parse, rules_from_settings(settings))
+        rules = rules_from_settings(settings)
+        limits = limits_from_settings(settings)
+        return RulesSource(info, loader, str(settings.url), parse, rules, limits)
 
     return SourceKind(
         kind=kind,

@@ -32,6 +32,7 @@ triples), ``identifier``, ``sender`` and ``event``. XML goes through the hardene
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ from warnsvc.sources.items import (
     situation_key,
     skipped_item,
 )
+from warnsvc.sources.worker import DEFAULT_LIMITS, ParseLimits, limits_from_settings, parse_bounded
 from warnsvc.sources.xmlsafe import local_name, namespace_of, parse_xml, text_of
 
 CAP_NAMESPACES = frozenset(
@@ -349,6 +351,7 @@ class CapSource:
         follow_links: bool,
         max_links: int,
         link_delay: float,
+        limits: ParseLimits = DEFAULT_LIMITS,
     ) -> None:
         self.info = info
         self.loader = loader
@@ -357,11 +360,14 @@ class CapSource:
         self.follow_links = follow_links
         self.max_links = max_links
         self.link_delay = link_delay
+        self.limits = limits
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
         with about(self.url):
-            messages, links = read_messages(page.text, url=page.url)
+            messages, links = await parse_bounded(
+                read_messages, page.text, limits=self.limits, url=page.url
+            )
         if self.follow_links:
             messages.extend(await self._follow(links[: self.max_links]))
         with about(self.url):
@@ -381,7 +387,9 @@ class CapSource:
             page = await self.loader.load(link)
             try:
                 with about(link):
-                    messages, _ = read_messages(page.text, url=page.url)
+                    messages, _ = await parse_bounded(
+                        read_messages, page.text, limits=self.limits, url=page.url
+                    )
             except SourceError:
                 raise
             found.extend(replace(m, link=m.link or link) for m in messages)
@@ -393,14 +401,7 @@ def rules_from_settings(settings: Any) -> CapRules:
 
 
 def _parse_with(settings: Any) -> Any:
-    rules = rules_from_settings(settings)
-
-    def parse(
-        body: str, *, url: str | None, content_type: str | None, scale: Scale, namespace: str
-    ) -> list[Observation]:
-        return parse_cap(body, url=url, scale=scale, namespace=namespace, rules=rules)
-
-    return parse
+    return functools.partial(parse_cap, rules=rules_from_settings(settings))  # pickles
 
 
 def _parse_default(
@@ -418,6 +419,7 @@ def _build(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
         follow_links=bool(settings.follow_links),
         max_links=int(settings.max_links),
         link_delay=float(settings.link_delay),
+        limits=limits_from_settings(settings),
     )
 
 

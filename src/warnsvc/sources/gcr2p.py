@@ -50,6 +50,7 @@ from warnsvc.model import GCR2P_SCALE, Level, Observation, Scale, Status, normal
 from warnsvc.model import situation_id as make_situation_id
 from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
 from warnsvc.sources.text import Link, looks_like_html, render_html, text_to_lines
+from warnsvc.sources.worker import DEFAULT_LIMITS, ParseLimits, limits_from_settings, parse_bounded
 
 log = logging.getLogger(__name__)
 
@@ -885,17 +886,22 @@ class CountryPageSource:
     at, so the site renaming the page's slug does not make it another situation.
     """
 
-    def __init__(self, info: SourceInfo, loader: PageLoader, url: str) -> None:
+    def __init__(
+        self, info: SourceInfo, loader: PageLoader, url: str, limits: ParseLimits = DEFAULT_LIMITS
+    ) -> None:
         self.info = info
         self.loader = loader
         self.url = url
         self.name_hint = _name_from_url(url)
+        self.limits = limits
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
         with about(self.url):
-            observation = parse_country_page(
+            observation = await parse_bounded(
+                parse_country_page,
                 page.text,
+                limits=self.limits,
                 url=page.url,
                 content_type=page.content_type,
                 scale=self.info.scale,
@@ -923,18 +929,22 @@ class IndexSource:
         *,
         follow_pages: bool,
         page_delay: float,
+        limits: ParseLimits = DEFAULT_LIMITS,
     ) -> None:
         self.info = info
         self.loader = loader
         self.url = url
         self.follow_pages = follow_pages
         self.page_delay = page_delay
+        self.limits = limits
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
         with about(self.url):
-            listed = parse_index_page(
+            listed = await parse_bounded(
+                parse_index_page,
                 page.text,
+                limits=self.limits,
                 url=page.url,
                 content_type=page.content_type,
                 scale=self.info.scale,
@@ -972,8 +982,10 @@ class IndexSource:
             return entry
         try:
             with about(url):
-                detail = parse_country_page(
+                detail = await parse_bounded(
+                    parse_country_page,
                     page.text,
+                    limits=self.limits,
                     url=url,
                     content_type=page.content_type,
                     scale=self.info.scale,
@@ -1019,7 +1031,12 @@ def _parse_page_list(
 
 
 def _build_page(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
-    return CountryPageSource(replace(info, authoritative=False), loader, str(settings.url))
+    return CountryPageSource(
+        replace(info, authoritative=False),
+        loader,
+        str(settings.url),
+        limits_from_settings(settings),
+    )
 
 
 def _build_index(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
@@ -1029,6 +1046,7 @@ def _build_index(settings: Any, info: SourceInfo, loader: PageLoader) -> Source:
         str(settings.url),
         follow_pages=bool(settings.follow_pages),
         page_delay=float(settings.page_delay),
+        limits=limits_from_settings(settings),
     )
 
 
