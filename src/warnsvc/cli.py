@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--source", help="a source from the config, with its settings")
     parse.add_argument("target", metavar="FILE|URL")
     parse.add_argument("--url", help="the page's own URL, when parsing a saved FILE")
+    parse.add_argument("--max-bytes", metavar="SIZE", help="largest FILE read (default 5MB)")
     poll = command("poll", "poll sources now and print the events")
     poll.add_argument("--once", action="store_true", required=True, help="poll once and exit")
     poll.add_argument("--dry-run", action="store_true", help="write nothing; show what would be")
@@ -250,9 +251,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _parse(args: argparse.Namespace) -> int:
+    from warnsvc.config import FetchSettings, parse_size
     from warnsvc.sources.registry import KINDS, get_kind
+    from warnsvc.sources.worker import limits_from_settings, parse_bounded_sync
 
     setup_logging(args.log_level or "warning", args.log_format or "text")
+    source_config: Any = None
     if args.source:
         settings = load_config(args.config)
         try:
@@ -265,6 +269,7 @@ def _parse(args: argparse.Namespace) -> int:
             )
             return EXIT_USAGE
         kind, scale, namespace = config.kind, settings.scale_map()[config.scale], config.namespace
+        source_config = config
         configure = KINDS[kind].parse_with
         parse = configure(config) if configure is not None else get_kind(kind).parse
     else:
@@ -278,10 +283,30 @@ def _parse(args: argparse.Namespace) -> int:
         kind, namespace = args.kind, KINDS[args.kind].default_namespace
         scale = _default_scale(defaults, KINDS[kind].default_scale)
         parse = get_kind(kind).parse
-    body, content_type, url = asyncio.run(_read_target(args.target, args.url))
+    fetch = source_config.fetch if source_config is not None else FetchSettings()
+    limits = limits_from_settings(source_config)  # the defaults with --kind
     try:
-        observations = parse(
-            body, url=url, content_type=content_type, scale=scale, namespace=namespace
+        max_bytes = parse_size(args.max_bytes) if args.max_bytes else fetch.max_bytes
+    except ValueError as exc:
+        print(f"warnsvc: error: --max-bytes: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if (size := _file_size(args.target)) is not None and size > max_bytes:
+        print(
+            f"warnsvc: error: {args.target} is {size:,} bytes, more than the {max_bytes:,} a "
+            "source may fetch (fetch.max_bytes); pass --max-bytes to read it anyway",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    body, content_type, url = asyncio.run(_read_target(args.target, args.url, max_bytes))
+    try:
+        observations = parse_bounded_sync(
+            parse,
+            body,
+            limits=limits,
+            url=url,
+            content_type=content_type,
+            scale=scale,
+            namespace=namespace,
         )
     except SourceError as exc:
         print(f"warnsvc: {args.target}: {_one_line(str(exc))}", file=sys.stderr)
@@ -321,13 +346,26 @@ def _warn_unnamed(observations: Sequence[Observation]) -> None:
         )
 
 
-async def _read_target(target: str, url: str | None) -> tuple[str, str | None, str | None]:
+def _file_size(target: str) -> int | None:
+    """The size of a FILE target; None for an address or a file that cannot be read."""
+    if target.startswith(("http://", "https://")):
+        return None
+    try:
+        return Path(target).stat().st_size
+    except OSError:
+        return None
+
+
+async def _read_target(
+    target: str, url: str | None, max_bytes: int
+) -> tuple[str, str | None, str | None]:
     """The text, content type and URL of a file or an http(s) address."""
     from warnsvc.sources.fetch import Fetcher, FetchSettings, make_session
     from warnsvc.sources.text import decode_body
 
     if target.startswith(("http://", "https://")):
-        settings = FetchSettings(user_agent=f"warnsvc/{__version__} (parse)")
+        agent = f"warnsvc/{__version__} (parse)"
+        settings = FetchSettings(user_agent=agent, max_bytes=max_bytes)
         async with make_session(settings) as session:
             result = await Fetcher(session, settings).fetch(target)
         return decode_body(result.body, result.content_type), result.content_type, result.url

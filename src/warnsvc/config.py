@@ -417,6 +417,13 @@ class FetchSettings(_Section):
     retries: Int = Field(default=3, ge=0, le=10)
 
 
+class ParseSettings(_Section):
+    """The bounds of one parse of a source's document (in a worker process)."""
+
+    timeout: Annotated[float, _duration(minimum=1)] = 30.0
+    max_memory: Size = Field(default=512 * 1024 * 1024, ge=16 * 1024 * 1024)
+
+
 class BaseSourceSettings(_Section):
     """What every source kind shares. Subclasses add ``kind`` (a Literal) and their own keys."""
 
@@ -430,6 +437,7 @@ class BaseSourceSettings(_Section):
     scale: Slug
     namespace: Slug
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    parse: ParseSettings = Field(default_factory=ParseSettings)
 
     @model_validator(mode="before")
     @classmethod

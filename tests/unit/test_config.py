@@ -167,7 +167,7 @@ sources:
     assert problems(text) == [
         f"{FILE}:5: sources[0].intervall: unknown key 'intervall'; allowed keys: authoritative, "
         "critical, enabled, fetch, follow_pages, id, interval, jitter, kind, name, namespace, "
-        "page_delay, scale, url; did you mean 'interval'?"
+        "page_delay, parse, scale, url; did you mean 'interval'?"
     ]
 
 
