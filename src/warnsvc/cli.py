@@ -233,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         http = settings.service.http.model_copy(update=overrides)
         service = settings.service.model_copy(update={"http": http})
         settings = settings.model_copy(update={"service": service})
-    asyncio.run(Service(settings).run_until_stopped())
+    asyncio.run(Service(settings, migrate_apart=True).run_until_stopped())
     return EXIT_OK
 
 
@@ -397,28 +397,35 @@ async def _poll_once(settings: Settings, args: argparse.Namespace) -> int:
     from warnsvc.service import build_components
 
     parts = await build_components(settings, only=args.source)
-    failed = False
     try:
         if not parts.sources:
             print("no enabled sources to poll", file=sys.stderr)
             return EXIT_FAILURE
-        for source_id in parts.sources:
-            report = await parts.poller.poll(source_id, dry_run=args.dry_run)
-            _print_report(report, args)
-            rounds = settings.detection.confirmations - 1
-            while report.ok and report.pending and not args.no_confirm and rounds > 0:
-                delay = settings.detection.confirm_delay
-                print(
-                    f"{source_id}: {len(report.pending)} change(s) await confirmation; "
-                    f"re-fetching in {delay:.0f}s ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                await asyncio.sleep(delay)
-                report = await parts.poller.poll(source_id)
+        # one cycle over every source (many at once), then one re-fetch of those whose changes
+        # await confirmation, after one delay for all of them
+        reports = await parts.poller.poll_cycle(list(parts.sources), dry_run=args.dry_run)
+        final = {report.source_id: report for report in reports}
+        rounds = settings.detection.confirmations - 1
+        while True:
+            for report in reports:
                 _print_report(report, args)
-                rounds -= 1
-            failed = failed or not report.ok
+            waiting = [r.source_id for r in reports if r.ok and r.pending]
+            if not waiting or args.no_confirm or rounds <= 0:
+                break
+            delay = settings.detection.confirm_delay
+            for report in reports:
+                if report.ok and report.pending:
+                    print(
+                        f"{report.source_id}: {len(report.pending)} change(s) await "
+                        f"confirmation; re-fetching in {delay:.0f}s ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            await asyncio.sleep(delay)
+            reports = await parts.poller.poll_cycle(waiting)
+            final.update((report.source_id, report) for report in reports)
+            rounds -= 1
+        failed = any(not report.ok for report in final.values())
         if not args.dry_run:
             await parts.forward_notices()
             await parts.dispatcher.drain()

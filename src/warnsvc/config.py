@@ -495,19 +495,15 @@ def _css(value: str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _parses_as_css(selector: str) -> bool:
-    """Whether lexbor parses ``selector`` (many sources share their selectors: asked once)."""
+    """Whether lexbor parses ``selector`` (many sources share their selectors: asked once;
+    the document is not kept, a lexbor parser holds a megabyte)."""
+    from selectolax.lexbor import LexborHTMLParser
+
     try:
-        _css_document().css(selector)
+        LexborHTMLParser("<p></p>").css(selector)
     except Exception:  # selectolax raises its own error class for a bad selector
         return False
     return True
-
-
-@functools.cache
-def _css_document() -> Any:
-    from selectolax.lexbor import LexborHTMLParser
-
-    return LexborHTMLParser("<p></p>")
 
 
 def _json_path(value: str) -> str:

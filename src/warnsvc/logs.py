@@ -81,7 +81,17 @@ _PARSER_ERRORS = {
 }
 
 
+_current = ("info", "text")
+
+
+def current_logging() -> tuple[str, str]:
+    """The level and format :func:`setup_logging` last set: a child process logs alike."""
+    return _current
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
+    global _current
+    _current = (level.lower(), fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

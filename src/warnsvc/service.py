@@ -37,6 +37,7 @@ from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
 from warnsvc.dispatch import Dispatcher
 from warnsvc.errors import ConfigError, ListenError, StoreError
+from warnsvc.logs import current_logging
 from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
@@ -49,6 +50,7 @@ from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
 from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
+from warnsvc.store.migrations import upgrade_apart
 from warnsvc.store.outbox import Outbox
 from warnsvc.web.api import WebhookApi, make_api
 from warnsvc.web.app import make_app
@@ -200,8 +202,11 @@ async def build_components(
 class Service:
     """The long-running service behind ``warnsvc run``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, migrate_apart: bool = False) -> None:
+        """``migrate_apart``: run the schema's migrations, when it has any to run, in a child
+        process, so that this long-running one never loads Alembic (``warnsvc run`` does)."""
         self.settings = settings
+        self.migrate_apart = migrate_apart
         self.parts: Components | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.runner: web.AppRunner | None = None
@@ -227,6 +232,8 @@ class Service:
         return self.cluster is not None and self.cluster.leading
 
     async def start(self) -> None:
+        if self.migrate_apart:
+            await _migrate_apart(self.settings.storage.url)
         self.parts = await build_components(self.settings)
         await self._start_web()  # first: a port in use fails at once, before any work
         await self.parts.feeds.rebuild()  # subscribers can fetch empty feeds from the start
@@ -696,6 +703,19 @@ class Service:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
             await self.stop()
+
+
+async def _migrate_apart(url: str) -> None:
+    """Bring the schema up to date in a child process, if it is behind."""
+    store = await Store.open(url, migrate=False)  # an unreachable database fails here, as ever
+    try:
+        behind = await store.schema_behind()
+    finally:
+        await store.close()
+    if behind:
+        log.info("migrating the database", extra={"action": "migrate"})
+        level, log_format = current_logging()
+        await upgrade_apart(url, log_level=level, log_format=log_format)
 
 
 def _now() -> datetime:

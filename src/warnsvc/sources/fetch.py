@@ -21,9 +21,11 @@ Bodies are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -52,6 +54,9 @@ _TRANSIENT_4XX = frozenset({408, 429})
 _CHUNK_SIZE = 64 * 1024
 _CONNECTION_LIMIT = 20
 _CONNECTION_LIMIT_PER_HOST = 4
+PER_HOST = 4
+"""Requests in flight at once to one host (scheme, host and port), across every fetcher of
+the process: a poll cycle fetches many sources at once, never more than this from one site."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,6 +111,25 @@ class FetchResult:
         return self.status == 304
 
 
+_HOST_SLOTS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str, int | None], asyncio.Semaphore]
+] = weakref.WeakKeyDictionary()
+
+
+def host_slots(url: str) -> asyncio.Semaphore:
+    """The slots of ``url``'s host: at most :data:`PER_HOST` requests to it at once."""
+    parsed = URL(url)
+    key = (parsed.scheme, parsed.host or "", parsed.port)
+    loop = asyncio.get_running_loop()
+    hosts = _HOST_SLOTS.get(loop)
+    if hosts is None:
+        hosts = _HOST_SLOTS[loop] = {}
+    slots = hosts.get(key)
+    if slots is None:
+        slots = hosts[key] = asyncio.Semaphore(PER_HOST)
+    return slots
+
+
 class _RetryAfterError(TransientFetchError):
     """A 429 or 503 that may carry a ``Retry-After`` hint (in seconds)."""
 
@@ -115,19 +139,51 @@ class _RetryAfterError(TransientFetchError):
         super().__init__(message)
 
 
+class _SharedConnector(aiohttp.TCPConnector):
+    """One connection pool for every session of the event loop, closed with the last of them.
+
+    Each source has its own session (its User-Agent, its timeouts); their connections are
+    pooled, so many sources on one site reuse a few kept-alive connections instead of opening
+    one each.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            limit=_CONNECTION_LIMIT,
+            limit_per_host=_CONNECTION_LIMIT_PER_HOST,
+            ttl_dns_cache=300,
+        )
+        self.users = 0
+
+    async def close(self, *, abort_ssl: bool = False) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            await super().close(abort_ssl=abort_ssl)
+
+
+_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedConnector] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_connector() -> _SharedConnector:
+    loop = asyncio.get_running_loop()
+    connector = _POOLS.get(loop)
+    if connector is None or connector.closed:
+        connector = _POOLS[loop] = _SharedConnector()
+    connector.users += 1
+    return connector
+
+
 def make_session(settings: FetchSettings) -> aiohttp.ClientSession:
-    """Make the shared client session: User-Agent, bounded connection pool, no cookies.
+    """Make a client session: User-Agent, no cookies, connections from the loop's one pool.
 
     Call it from a coroutine (aiohttp binds the session to the running loop) and close it on
-    shutdown (``await session.close()`` or ``async with``).
+    shutdown (``await session.close()`` or ``async with``): the pool closes with the last
+    session.
     """
-    connector = aiohttp.TCPConnector(
-        limit=_CONNECTION_LIMIT,
-        limit_per_host=_CONNECTION_LIMIT_PER_HOST,
-        ttl_dns_cache=300,
-    )
     return aiohttp.ClientSession(
-        connector=connector,
+        connector=_shared_connector(),
         headers={hdrs.USER_AGENT: settings.user_agent},
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=_client_timeout(settings),
@@ -187,6 +243,16 @@ class Fetcher:
         )
 
     async def _attempt(
+        self,
+        url: str,
+        headers: dict[str, str],
+        etag: str | None,
+        last_modified: str | None,
+    ) -> FetchResult:
+        async with host_slots(url):  # polite to the host whatever the number of sources
+            return await self._request(url, headers, etag, last_modified)
+
+    async def _request(
         self,
         url: str,
         headers: dict[str, str],

@@ -26,10 +26,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError as AlembicError
-from sqlalchemy import Connection, RowMapping, Text, cast, event, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    RowMapping,
+    Text,
+    bindparam,
+    cast,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -39,6 +47,7 @@ from warnsvc.model import Event, SituationState, Status
 from warnsvc.store import schema
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import STARTUP_LOCK
+from warnsvc.store.migrations import current_revisions, head_revisions, upgrade
 from warnsvc.store.notices import OPERATOR_NOTICE, NoticeStore
 from warnsvc.store.outbox import Outbox, write_event
 from warnsvc.store.replicas import Leadership, ReplicaStore
@@ -91,6 +100,61 @@ class HistoryEntry:
     event_id: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollWrite:
+    """What one successful poll of one source records (see :meth:`Store.apply_polls`).
+
+    ``states``: the situations' states to write, each guarded by the revision it was read at;
+    a state the poll did not change need not be among them. Every event's situation must be.
+    ``warnings`` (items the poll skipped, with why) become the source's ``last_warning``.
+    """
+
+    source_id: str
+    scale: str
+    states: Sequence[SituationState] = ()
+    history: Sequence[HistoryEntry] = ()
+    events: Sequence[Event] = ()
+    observations: int = 0
+    warnings: Sequence[str] = ()
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PollSnapshot:
+    """What a poll cycle reads before it detects: its sources' health, their states."""
+
+    health: Mapping[str, SourceHealth]
+    """By source id; a source never recorded has none."""
+    states: Mapping[str, Mapping[str, SituationState]]
+    """By namespace, then situation id: every situation whose id starts with ``namespace:``."""
+    scales: Mapping[str, str]
+    """The scale each situation was stored on, by situation id."""
+
+
+_IN_CHUNK = 900
+"""Values bound in one ``IN (...)`` list: below SQLite's oldest limit of 999 variables."""
+
+
+def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class _PagesAhead:
+    """Cached pages of some URLs, read together in one query when the first is asked for."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.urls = urls
+        self._read: asyncio.Future[dict[str, CachedPage]] | None = None
+
+    async def take(self, store: Store, url: str) -> CachedPage | None:
+        if self._read is None:
+            self._read = asyncio.ensure_future(store._read_pages(self.urls))
+        # shielded: a poll cancelled while it waits leaves the read to the others
+        pages = await asyncio.shield(self._read)
+        return pages.pop(url, None)  # handed out once: a body is not kept longer than needed
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -107,10 +171,8 @@ def _run_migrations(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # replicas starting together: the first migrates, the others wait and find it done
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STARTUP_LOCK})
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "heads")
+    if current_revisions(connection) != head_revisions():  # Alembic is loaded only then
+        upgrade(connection)
 
 
 _MIGRATION_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -148,6 +210,8 @@ class Store:
         self.subscribers = SubscriberStore(engine)
         self.notices = NoticeStore(engine)
         self.replicas = ReplicaStore(engine)
+        self._pages_ahead: dict[str, _PagesAhead] = {}
+        """Cached pages a poll cycle is about to ask for, by URL (see :meth:`expect_pages`)."""
 
     def leadership(self, *, failover: float) -> Leadership:
         """Who leads among the replicas on this database (see :class:`Leadership`)."""
@@ -213,9 +277,13 @@ class Store:
             # (replicas in other processes wait on the database's advisory lock instead)
             async with _migration_lock(), self.engine.begin() as conn:
                 await conn.run_sync(_run_migrations)
-        except (SQLAlchemyError, AlembicError) as exc:
-            # AlembicError: e.g. a database stamped by a newer warnsvc with an unknown revision
+        except SQLAlchemyError as exc:  # upgrade() words Alembic's refusals itself
             raise StoreError(f"cannot migrate the database: {exc}") from exc
+
+    async def schema_behind(self) -> bool:
+        """Whether :meth:`migrate` has work to do (a new database, or an older schema)."""
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(current_revisions) != head_revisions()
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -351,45 +419,63 @@ class Store:
         ``recipients`` maps a channel name to the recipients of an event (or is a
         :class:`Router` that says so per event, reading endpoints and subscribers on the same
         transaction); one outbox row per (event, channel, recipient) is created with the event,
-        so an event that exists is delivered.
+        so an event that exists is delivered. Raises :class:`StoreConflictError` when another
+        writer moved one of the situations on since its state was read.
         """
-        revisions = {state.situation: state.revision for state in states}
-        changed = {event_.situation for event_ in events}
+        write = PollWrite(
+            source_id=source_id,
+            scale=scale,
+            states=states,
+            history=history,
+            events=events,
+            observations=observations,
+            warnings=warnings,
+            now=now,
+        )
+        refused = await self.apply_polls([write], recipients)
+        if source_id in refused:
+            raise refused[source_id]
+
+    async def apply_polls(
+        self, writes: Sequence[PollWrite], recipients: Recipients
+    ) -> dict[str, StoreError]:
+        """Write many successful polls in ONE transaction (see :meth:`apply_poll` for one).
+
+        Should one of them clash with what is stored (another writer moved a situation on),
+        each poll is then written in a transaction of its own, so the others are kept and only
+        that one is refused: the answer maps its source id to the :class:`StoreError`, a
+        :class:`StoreConflictError` when another writer was first. A failure of the database
+        itself raises :class:`StoreError` and writes nothing.
+        """
+        if not writes:
+            return {}
         try:
             async with self.engine.begin() as conn:
-                for state in states:
-                    await _upsert_state(
-                        conn, state, scale=scale, now=now, bump=state.situation in changed
-                    )
-                for event_ in events:
-                    if event_.situation not in revisions:
-                        raise ValueError(f"event {event_.id} comes without its situation's state")
-                    revision = revisions[event_.situation]
-                    await insert_event(conn, event_, recipients, now=now, revision=revision)
-                for entry in history:
-                    await conn.execute(
-                        schema.level_history.insert().values(
-                            situation_id=entry.situation,
-                            source_id=entry.source_id,
-                            level=entry.level,
-                            status=entry.status.value,
-                            page_date=entry.page_date,
-                            event_id=entry.event_id,
-                            recorded_at=now,
-                        )
-                    )
-                await _record_success(
-                    conn, source_id, observations=observations, now=now, warnings=warnings
-                )
+                await _record_successes(conn, writes)
+                for write in writes:
+                    await _write_poll(conn, write, recipients)
+            return {}
         except IntegrityError as exc:
-            if await self._moved_on(revisions):
-                # the unique transition key or the revision check: another writer was first
-                raise StoreConflictError(
-                    f"another replica recorded the poll of {source_id!r} first"
-                ) from exc
-            raise StoreError(f"cannot record the poll of {source_id!r}: {exc}") from exc
+            if len(writes) == 1:
+                write = writes[0]
+                if await self._moved_on(_revisions(write)):
+                    # the unique transition key or the revision check: another writer was first
+                    conflict = StoreConflictError(
+                        f"another replica recorded the poll of {write.source_id!r} first"
+                    )
+                    conflict.__cause__ = exc
+                    return {write.source_id: conflict}
+                raise StoreError(f"cannot record the poll of {write.source_id!r}: {exc}") from exc
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot record the poll of {source_id!r}: {exc}") from exc
+            named = repr(writes[0].source_id) if len(writes) == 1 else f"{len(writes)} sources"
+            raise StoreError(f"cannot record the poll of {named}: {exc}") from exc
+        refused: dict[str, StoreError] = {}
+        for write in writes:  # one of them clashed: keep the others
+            try:
+                refused.update(await self.apply_polls([write], recipients))
+            except StoreError as exc:
+                refused[write.source_id] = exc
+        return refused
 
     async def _moved_on(self, revisions: Mapping[str, int]) -> bool:
         """Whether another writer moved any of these situations past the revision read."""
@@ -424,39 +510,105 @@ class Store:
 
     async def record_failure(self, source_id: str, error: str, *, now: datetime) -> SourceHealth:
         """Mark a source unhealthy with the reason; nothing else changes."""
+        return (await self.record_failures({source_id: error}, now=now))[source_id]
+
+    async def record_failures(
+        self, errors: Mapping[str, str], *, now: datetime
+    ) -> dict[str, SourceHealth]:
+        """Mark each source unhealthy with its reason, in one transaction; their new health."""
         table = schema.source_health
+        ids = sorted(errors)
+        if not ids:
+            return {}
+        health: dict[str, SourceHealth] = {}
         async with self.engine.begin() as conn:
-            await _ensure_health_row(conn, source_id)
+            await _ensure_health_rows(conn, ids)
             await conn.execute(
                 update(table)
-                .where(table.c.source_id == source_id)
+                .where(table.c.source_id == bindparam("b_source"))
                 .values(
                     healthy=False,
                     consecutive_failures=table.c.consecutive_failures + 1,
-                    last_error=error[:2000],
+                    last_error=bindparam("b_error"),
                     last_poll_at=now,
                     last_failure_at=now,
-                )
+                ),
+                [{"b_source": sid, "b_error": errors[sid][:2000]} for sid in ids],
             )
-        health = await self.source_health(source_id)
-        assert health is not None
+            for chunk in _chunks(ids):
+                rows = await conn.execute(select(table).where(table.c.source_id.in_(chunk)))
+                health.update((row["source_id"], SourceHealth(**row)) for row in rows.mappings())
         return health
+
+    # -- a poll cycle ------------------------------------------------------------------------
+
+    async def poll_snapshot(
+        self, source_ids: Iterable[str], namespaces: Iterable[str]
+    ) -> PollSnapshot:
+        """The health of these sources and the states of these namespaces, on one connection
+        (a few queries, whatever their number)."""
+        ids = sorted(set(source_ids))
+        spaces = sorted(set(namespaces))
+        health_table, table = schema.source_health, schema.situations
+        health: dict[str, SourceHealth] = {}
+        states: dict[str, dict[str, SituationState]] = {ns: {} for ns in spaces}
+        scales: dict[str, str] = {}
+        prefixes: dict[int, list[str]] = {}  # by length: one IN list per length of prefix
+        for ns in spaces:
+            prefixes.setdefault(len(ns) + 1, []).append(f"{ns}:")
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                query = select(health_table).where(health_table.c.source_id.in_(chunk))
+                rows = (await conn.execute(query)).mappings()
+                health.update((row["source_id"], SourceHealth(**row)) for row in rows)
+            for length, wanted in prefixes.items():
+                for chunk in _chunks(wanted):
+                    # not LIKE: "_" and "%" would be wildcards, and SQLite's LIKE ignores case
+                    query = select(table).where(func.substr(table.c.id, 1, length).in_(chunk))
+                    for row in (await conn.execute(query)).mappings():
+                        states[row["id"][: length - 1]][row["id"]] = _state_from_row(row)
+                        scales[row["id"]] = row["scale"]
+        return PollSnapshot(health=health, states=states, scales=scales)
 
     # -- fetch cache -------------------------------------------------------------------------
 
+    def expect_pages(self, urls: Iterable[str], *, together: int = 32) -> None:
+        """Say that the cached pages of ``urls`` are about to be asked for (a poll cycle).
+
+        They are then read ``together`` at a time: the first :meth:`cached_page` of a group
+        reads the whole group in one query, and each page is handed out once. Pages never
+        asked for are dropped by :meth:`forget_pages`.
+        """
+        fresh = [url for url in dict.fromkeys(urls) if url not in self._pages_ahead]
+        for chunk in _chunks(fresh, together):
+            ahead = _PagesAhead(chunk)
+            self._pages_ahead.update((url, ahead) for url in chunk)
+
+    def forget_pages(self, urls: Iterable[str]) -> None:
+        """Drop what :meth:`expect_pages` planned to read for ``urls`` and was not asked for."""
+        for url in urls:
+            self._pages_ahead.pop(url, None)
+
     async def cached_page(self, url: str) -> CachedPage | None:
+        ahead = self._pages_ahead.pop(url, None)
+        if ahead is not None:
+            return await ahead.take(self, url)
+        return (await self._read_pages([url])).get(url)
+
+    async def _read_pages(self, urls: Sequence[str]) -> dict[str, CachedPage]:
         table = schema.fetch_cache
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(table).where(table.c.url == url))).mappings().first()
-        if row is None:
-            return None
-        return CachedPage(
-            url=row["url"],
-            etag=row["etag"],
-            last_modified=row["last_modified"],
-            content_type=row["content_type"],
-            body=row["body"],
-        )
+            rows = (await conn.execute(select(table).where(table.c.url.in_(urls)))).mappings()
+            return {
+                row["url"]: CachedPage(
+                    url=row["url"],
+                    etag=row["etag"],
+                    last_modified=row["last_modified"],
+                    content_type=row["content_type"],
+                    body=row["body"],
+                )
+                for row in rows
+            }
 
     async def save_page(self, page: CachedPage, *, now: datetime) -> None:
         table = schema.fetch_cache
@@ -467,6 +619,7 @@ class Store:
             "body": page.body,
             "fetched_at": now,
         }
+        self._pages_ahead.pop(page.url, None)  # a copy read ahead would be older than this
         async with self.engine.begin() as conn:
             result = await conn.execute(update(table).where(table.c.url == page.url).values(values))
             if result.rowcount == 0:
@@ -570,47 +723,91 @@ async def insert_event(
     )
 
 
-async def _ensure_health_row(conn: AsyncConnection, source_id: str) -> None:
+async def _ensure_health_rows(conn: AsyncConnection, source_ids: Sequence[str]) -> None:
+    """Insert a (healthy, never polled) health row for each source that has none."""
     table = schema.source_health
-    exists = (
-        await conn.execute(select(table.c.source_id).where(table.c.source_id == source_id))
-    ).first()
-    if exists is None:
+    found: set[str] = set()
+    for chunk in _chunks(source_ids):
+        query = select(table.c.source_id).where(table.c.source_id.in_(chunk))
+        found.update((await conn.execute(query)).scalars())
+    missing = [sid for sid in dict.fromkeys(source_ids) if sid not in found]
+    if missing:
         await conn.execute(
-            table.insert().values(
-                source_id=source_id,
-                healthy=True,
-                consecutive_failures=0,
-                observations=0,
-                baseline_done=False,
-            )
+            table.insert(),
+            [
+                {
+                    "source_id": sid,
+                    "healthy": True,
+                    "consecutive_failures": 0,
+                    "observations": 0,
+                    "baseline_done": False,
+                }
+                for sid in missing
+            ],
         )
 
 
-async def _record_success(
-    conn: AsyncConnection,
-    source_id: str,
-    *,
-    observations: int,
-    now: datetime,
-    warnings: Sequence[str] = (),
-) -> None:
+async def _record_successes(conn: AsyncConnection, writes: Sequence[PollWrite]) -> None:
+    """Mark each poll's source healthy, in one statement for all of them."""
     table = schema.source_health
-    await _ensure_health_row(conn, source_id)
+    await _ensure_health_rows(conn, [write.source_id for write in writes])
     await conn.execute(
         update(table)
-        .where(table.c.source_id == source_id)
+        .where(table.c.source_id == bindparam("b_source"))
         .values(
             healthy=True,
             consecutive_failures=0,
             last_error=None,
-            last_poll_at=now,
-            last_success_at=now,
-            observations=observations,
+            last_poll_at=bindparam("b_now"),
+            last_success_at=bindparam("b_now"),
+            observations=bindparam("b_observations"),
             baseline_done=True,
-            last_warning="; ".join(warnings)[:2000] or None,
-        )
+            last_warning=bindparam("b_warning"),
+        ),
+        [
+            {
+                "b_source": write.source_id,
+                "b_now": write.now,
+                "b_observations": write.observations,
+                "b_warning": "; ".join(write.warnings)[:2000] or None,
+            }
+            for write in writes
+        ],
     )
+
+
+def _revisions(write: PollWrite) -> dict[str, int]:
+    return {state.situation: state.revision for state in write.states}
+
+
+async def _write_poll(conn: AsyncConnection, write: PollWrite, recipients: Recipients) -> None:
+    """A poll's states (guarded by their revisions), events with their outbox rows, history."""
+    revisions = _revisions(write)
+    changed = {event_.situation for event_ in write.events}
+    now = write.now
+    for state in write.states:
+        bump = state.situation in changed
+        await _upsert_state(conn, state, scale=write.scale, now=now, bump=bump)
+    for event_ in write.events:
+        if event_.situation not in revisions:
+            raise ValueError(f"event {event_.id} comes without its situation's state")
+        await insert_event(conn, event_, recipients, now=now, revision=revisions[event_.situation])
+    if write.history:
+        await conn.execute(
+            schema.level_history.insert(),
+            [
+                {
+                    "situation_id": entry.situation,
+                    "source_id": entry.source_id,
+                    "level": entry.level,
+                    "status": entry.status.value,
+                    "page_date": entry.page_date,
+                    "event_id": entry.event_id,
+                    "recorded_at": now,
+                }
+                for entry in write.history
+            ],
+        )
 
 
 async def _upsert_state(
