@@ -144,7 +144,9 @@ async def serve_pages() -> AsyncIterator[tuple[str, dict[str, int]]]:
         await runner.cleanup()
 
 
-async def wait_ready(http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process) -> None:
+async def wait_ready(
+    http: aiohttp.ClientSession, url: str, proc: asyncio.subprocess.Process
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.returncode is not None:
@@ -250,7 +252,8 @@ async def main() -> None:
                 bases.append(sample)
                 name = "baseline   "
             print(
-                f"round {n + 1}: {name}  rss {sample.rss_mb:6.1f} MB (peak {sample.peak_rss_mb:.1f})"
+                f"round {n + 1}: {name}  rss {sample.rss_mb:6.1f} MB"
+                f" (peak {sample.peak_rss_mb:.1f})"
                 f"  cpu {sample.cpu_seconds:.3f} s over {args.idle:.0f} s idle"
                 f"  ready after {sample.start_seconds:.2f} s",
                 flush=True,

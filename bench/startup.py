@@ -99,9 +99,9 @@ def main() -> None:
         for n in range(args.rounds):
             order = names[n % len(names) :] + names[: n % len(names)]  # rotate who goes first
             for name in order:
-                wall, cpu = timed(commands[name])
-                walls[name].append(wall)
-                cpus[name].append(cpu)
+                seconds, cpu_seconds = timed(commands[name])
+                walls[name].append(seconds)
+                cpus[name].append(cpu_seconds)
 
     wall = {name: statistics.median(values) for name, values in walls.items()}
     cpu = {name: statistics.median(values) for name, values in cpus.items()}

@@ -308,6 +308,71 @@ feeds:
     assert re.match(rf"{re.escape(FILE)}:3: invalid YAML: .*flow mapping", problem)
 
 
+def test_invalid_yaml_is_worded_by_the_pure_python_parser() -> None:
+    """libyaml reads valid files; an invalid one is described as PyYAML's own parser does."""
+    text = """\
+service:
+  name: *base
+"""
+    assert problems(text) == [f"{FILE}:2: invalid YAML: found undefined alias 'base'"]
+
+
+def test_control_character_is_located() -> None:
+    text = "service:\n  name: war\x07nsvc\n"
+    assert problems(text) == [f"{FILE}:2: invalid YAML: character 0x0007 is not allowed"]
+
+
+def test_libyaml_and_pure_python_loaders_read_the_same_lines() -> None:
+    text = Path(FILE).read_text(encoding="utf-8") + "webhooks:\n  bogus: 1\n"
+    fast = problems(text)
+    loader = config._FastLoader
+    try:
+        config._FastLoader = yaml.SafeLoader  # type: ignore[misc,assignment]
+        slow = problems(text)
+    finally:
+        config._FastLoader = loader  # type: ignore[misc]
+    assert fast == slow and fast[0].startswith(f"{FILE}:{text.count(chr(10))}: webhooks.bogus:")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+asyncpg://u:p@db:5432/warnsvc", None),
+        ("postgresql+asyncpg://u:p@[::1]:5432/warnsvc?ssl=require", None),
+        ("sqlite+aiosqlite:///:memory:", None),
+        ("postgresql+asyncpg://u:p@db:port/warnsvc", "must be an SQLAlchemy URL like"),
+        ("postgresql+asyncpg://u:p@db:/warnsvc", "must be an SQLAlchemy URL like"),
+        ("not a url", "must be an SQLAlchemy URL like"),
+        ("mysql+aiomysql://db/warnsvc", "warnsvc runs on 'sqlite+aiosqlite://...' or"),
+    ],
+)
+def test_database_url_is_checked_as_sqlalchemy_reads_it(url: str, message: str | None) -> None:
+    from sqlalchemy.engine import make_url
+
+    text = f"storage: {{url: '{url}'}}\n"
+    if message is None:
+        assert parse(text).storage.url == url
+        make_url(url)  # SQLAlchemy agrees
+    else:
+        [problem] = problems(text)
+        assert problem.startswith(f"{FILE}:1: storage.url: {message}")
+
+
+def test_repeated_css_selectors_are_each_checked() -> None:
+    source = """\
+  - id: page-{n}
+    kind: page
+    url: https://example.org/{n}/
+    scale: gcr2p
+    fields: {{title: {{css: "{title}"}}, level: {{css: .risk}}}}
+"""
+    text = "sources:\n" + "".join(
+        source.format(n=n, title="h2" if n != 2 else "h2[[") for n in range(4)
+    )
+    [problem] = problems(text)
+    assert problem.startswith(f"{FILE}:16: sources[2].fields.title.css: must be a CSS selector")
+
+
 def test_missing_environment_variable() -> None:
     text = """\
 service:
