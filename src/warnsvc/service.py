@@ -258,6 +258,8 @@ class Service:
         if self.settings.path is not None and self.settings.service.watch_config:
             self.watcher = ConfigWatcher(self.settings.path, self.reload)
             self._watch_task = asyncio.create_task(self.watcher.run(), name="config-watcher")
+        if self.migrate_apart:  # the long-running process: hand start-up's garbage back
+            _release_memory()
 
     async def reload(self) -> bool:
         """Re-read the config file; apply it if valid, else keep running on the old one."""
@@ -703,6 +705,17 @@ class Service:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
             await self.stop()
+
+
+def _release_memory() -> None:
+    """Collect start-up's garbage (parsed config, compiled schemas) and give the freed pages
+    back to the system, where the C library allows it (glibc's ``malloc_trim``)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 async def _migrate_apart(url: str) -> None:
