@@ -15,8 +15,10 @@ A loopback aiohttp server in a child process serves two documents, each either l
 free loopback port) and two sources on those documents, polled every ``--interval`` seconds.
 The bench then alternates phases, tiny (the baseline) then large, ``--rounds`` times: it
 switches the documents, waits ``--settle`` seconds for polls of the previous phase to finish,
-then for ``--seconds`` sends ``GET /healthz`` every ``--every`` seconds (on one keep-alive
-connection) and records each answer's latency. The server counts the documents served, so the
+then for ``--seconds`` sends ``GET /healthz`` every ``--every`` seconds and records each
+answer's latency. Requests go out on schedule whether or not earlier ones were answered (open
+loop, keep-alive connections reused when free), so a frozen event loop shows as all the answers
+it delays, not as one slow sample. The server counts the documents served, so the
 figures show how many large documents were fetched (and parsed) during the large phases.
 
 Prints each phase, then one JSON object as the last line: p50/p99/max latency (ms) under load
@@ -217,19 +219,28 @@ async def wait_healthy(
 async def sample(
     http: aiohttp.ClientSession, url: str, seconds: float, every: float
 ) -> list[float]:
-    """Latencies (ms) of GET ``url``, one request every ``every`` seconds for ``seconds``."""
-    latencies: list[float] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        started = time.perf_counter()
-        try:
-            async with http.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
-                await resp.read()
-        except (TimeoutError, aiohttp.ClientError):
-            pass  # counted with its full time: a frozen loop must show
-        latencies.append((time.perf_counter() - started) * 1000)
-        await asyncio.sleep(max(0.0, every - (time.perf_counter() - started)))
-    return latencies
+    """Latencies (ms) of GET ``url`` sent every ``every`` seconds for ``seconds``, open loop:
+    a request is sent on schedule whether or not the previous ones were answered, so a frozen
+    service shows as many slow answers, not as one (no coordinated omission)."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[float]] = []
+    end = next_at = loop.time()
+    end += seconds
+    while loop.time() < end:
+        tasks.append(asyncio.create_task(one_request(http, url)))
+        next_at += every
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    return list(await asyncio.gather(*tasks))
+
+
+async def one_request(http: aiohttp.ClientSession, url: str) -> float:
+    started = time.perf_counter()
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=60)) as resp:
+            await resp.read()
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # counted with its full time: a frozen loop must show
+    return (time.perf_counter() - started) * 1000
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -262,7 +273,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         config = write_config(folder, docs, port, args.interval)
         proc = start_service(config, env)
         try:
-            async with aiohttp.ClientSession() as http:
+            connector = aiohttp.TCPConnector(limit=1000)
+            async with aiohttp.ClientSession(connector=connector) as http:
                 await wait_healthy(http, base, proc)
                 phases = await run_phases(http, base, docs, args)
             sources = await asyncio.to_thread(source_states, config, env)
@@ -381,7 +393,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0, help="sources' poll interval")
     parser.add_argument("--src", help="a checkout's src/ directory to run instead")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
+    result = asyncio.run(run(args), debug=False)  # PYTHONASYNCIODEBUG is for the service
     print(json.dumps(result))
 
 
