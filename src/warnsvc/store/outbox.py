@@ -6,16 +6,23 @@ is materialised, so it runs once: an ``IN (subquery)`` form lets the planner re-
 subquery per row and one replica takes every due row); several replicas claim side by side
 without waiting on each other. SQLite has one writer at a time, so the plain ``UPDATE ... WHERE
 id IN (...)`` is exact there.
+
+The three statements every delivery pays (insert with its event, claim, complete) are the hot
+path of a fan-out to thousands of endpoints: they are written in each engine's own SQL and run
+through the driver (:meth:`AsyncConnection.exec_driver_sql`), so no row goes through
+SQLAlchemy's statement compilation or per-value type processing. Their timestamps are bound in
+the form :class:`~warnsvc.store.schema.UTCDateTime` stores (see :func:`_bind_time`); everything
+else here is plain SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, Delivery, RetryDecision
@@ -64,22 +71,75 @@ async def enqueue(
     conn: AsyncConnection, event_id: str, routes: Mapping[str, Iterable[str]], *, now: datetime
 ) -> None:
     """One pending outbox row per (channel, recipient) of a stored event, on an open transaction."""
-    rows = [
-        {
-            "event_id": event_id,
-            "channel": channel,
-            "recipient": recipient,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-        }
-        for channel, targets in routes.items()
-        for recipient in targets
-    ]
-    if rows:
-        await conn.execute(schema.outbox.insert(), rows)
+    postgres = conn.dialect.name == "postgresql"
+    at = _bind_time(now, postgres=postgres)
+    for channel, targets in routes.items():
+        recipients = list(targets)
+        if not recipients:
+            continue
+        if postgres:  # one statement, however many rows: the recipients go as one array
+            await conn.exec_driver_sql(_PG_ENQUEUE, (event_id, channel, at, recipients))
+        else:
+            await conn.exec_driver_sql(
+                _SQLITE_ENQUEUE, [(event_id, channel, r, at, at, at) for r in recipients]
+            )
+
+
+_PG_ENQUEUE = f"""
+INSERT INTO outbox
+    (event_id, channel, recipient, status, attempts, next_attempt_at, created_at, updated_at)
+SELECT $1, $2, recipient, '{PENDING}', 0, $3, $3, $3 FROM unnest($4::varchar[]) AS t(recipient)
+"""
+_SQLITE_ENQUEUE = f"""
+INSERT INTO outbox
+    (event_id, channel, recipient, status, attempts, next_attempt_at, created_at, updated_at)
+VALUES (?, ?, ?, '{PENDING}', 0, ?, ?, ?)
+"""
+_DUE = f"""channel = {{channel}} AND (
+    (status = '{PENDING}' AND next_attempt_at <= {{due_by}})
+    OR (status = '{IN_FLIGHT}' AND lease_until < {{now}}))"""
+# picked once, rows locked as they are picked: ours alone until we commit
+_PG_CLAIM = f"""
+WITH picked AS MATERIALIZED (
+    SELECT id FROM outbox WHERE {_DUE.format(channel="$1", due_by="$2", now="$3")}
+    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox SET status = '{IN_FLIGHT}', lease_until = $5, updated_at = $3
+FROM picked WHERE outbox.id = picked.id
+RETURNING outbox.id, outbox.event_id, outbox.recipient, outbox.attempts
+"""
+# SQLite: one writer at a time; ``due`` is checked again on each row it updates. The two
+# kinds of due row are picked apart, each through an index, then merged: with one ``OR``
+# SQLite walks every row the channel ever had (delivered ones kept for days included).
+_SQLITE_CLAIM = f"""
+UPDATE outbox SET status = '{IN_FLIGHT}', lease_until = :lease, updated_at = :now
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE channel = :channel AND status = '{PENDING}' AND next_attempt_at <= :due_by
+    UNION ALL
+    SELECT id FROM outbox
+    WHERE channel = :channel AND status = '{IN_FLIGHT}' AND lease_until < :now
+    ORDER BY id LIMIT :limit
+) AND {_DUE.format(channel=":channel", due_by=":due_by", now=":now")}
+RETURNING id, event_id, recipient, attempts
+"""
+_COMPLETE = f"""
+UPDATE outbox SET status = '{DELIVERED}', attempts = attempts + 1, delivered_at = {{now}},
+    lease_until = NULL, last_error = NULL, last_status = {{status}}, updated_at = {{now}}
+WHERE {{which}}
+"""
+_PG_COMPLETE = _COMPLETE.format(now="$1", status="$2", which="id = ANY($3::integer[])")
+
+
+def _bind_time(value: datetime, *, postgres: bool) -> datetime | str:
+    """``value`` as :class:`~warnsvc.store.schema.UTCDateTime` binds it: an aware datetime for
+    PostgreSQL, for SQLite the naive UTC text SQLAlchemy's DATETIME writes (so the two sort and
+    compare alike)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    if postgres:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 @store_errors
@@ -105,36 +165,29 @@ class Outbox:
         shorter, hold its rows for as long as one batch can take. ``due_by`` (default ``now``)
         claims only pending rows due by then, so a one-off drain ends.
         """
-        table = schema.outbox
-        due = and_(
-            table.c.channel == channel,
-            or_(
-                and_(table.c.status == PENDING, table.c.next_attempt_at <= (due_by or now)),
-                and_(table.c.status == IN_FLIGHT, table.c.lease_until < now),
-            ),
-        )
-        picked = (
-            select(table.c.id)
-            .where(due)
-            .order_by(table.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite ignores it
-        )
-        values = {
-            "status": IN_FLIGHT,
-            "lease_until": now + timedelta(seconds=lease or self.lease),
-            "updated_at": now,
-        }
-        returning = (table.c.id, table.c.event_id, table.c.recipient, table.c.attempts)
-        if self.engine.dialect.name == "postgresql":
-            # picked once, rows locked as they are picked: ours alone until we commit
-            cte = picked.cte("picked").prefix_with("MATERIALIZED")
-            statement = update(table).where(table.c.id == cte.c.id)
-        else:
-            # SQLite: one writer at a time; ``due`` is checked again on each row it updates
-            statement = update(table).where(and_(table.c.id.in_(picked), due))
+        postgres = self.engine.dialect.name == "postgresql"
+        lease_until = now + timedelta(seconds=lease or self.lease)
         async with self.engine.begin() as conn:
-            claimed = (await conn.execute(statement.values(values).returning(*returning))).all()
+            if postgres:
+                arguments: tuple[Any, ...] | dict[str, Any] = (
+                    channel,
+                    due_by or now,
+                    now,
+                    limit,
+                    lease_until,
+                )
+                statement = _PG_CLAIM
+            else:
+                arguments = {
+                    "channel": channel,
+                    "due_by": _bind_time(due_by or now, postgres=False),
+                    "now": _bind_time(now, postgres=False),
+                    "limit": limit,
+                    "lease": _bind_time(lease_until, postgres=False),
+                }
+                statement = _SQLITE_CLAIM
+            result = await conn.exec_driver_sql(statement, arguments)
+            claimed = cast(list[tuple[int, str, str, int]], result.all())
             if not claimed:
                 return []
             payloads = await _payloads(conn, {event_id for _, event_id, _, _ in claimed})
@@ -155,21 +208,17 @@ class Outbox:
     async def complete(
         self, ids: Sequence[int], *, now: datetime, status: int | None = None
     ) -> None:
-        table = schema.outbox
+        postgres = self.engine.dialect.name == "postgresql"
+        at = _bind_time(now, postgres=postgres)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(table)
-                .where(table.c.id.in_(ids))
-                .values(
-                    status=DELIVERED,
-                    attempts=table.c.attempts + 1,
-                    delivered_at=now,
-                    lease_until=None,
-                    last_error=None,
-                    last_status=status,
-                    updated_at=now,
-                )
-            )
+            if postgres:
+                await conn.exec_driver_sql(_PG_COMPLETE, (at, status, list(ids)))
+                return
+            for start in range(0, len(ids), _CHUNK):
+                chunk = list(ids[start : start + _CHUNK])
+                which = f"id IN ({', '.join('?' * len(chunk))})"
+                statement = _COMPLETE.format(now="?", status="?", which=which)
+                await conn.exec_driver_sql(statement, (at, status, at, *chunk))
 
     async def fail(
         self,
