@@ -135,6 +135,8 @@ def make_webhook_session(guard: Guard, settings: DeliverySettings) -> aiohttp.Cl
         trust_env=False,  # never through a proxy from the environment
         headers={"User-Agent": settings.user_agent},
         auto_decompress=False,
+        # a receiver's cookies are never sent anywhere (and no jar is consulted per request)
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
