@@ -1,7 +1,9 @@
 """Parsing off the event loop, in worker processes, each parse bounded in time and memory.
 
 Every document a source fetches is parsed by :func:`parse_bounded` (``await``-ed by the polling
-sources) or :func:`parse_bounded_sync` (``warnsvc parse``), in a small pool of worker processes:
+sources) or :func:`parse_bounded_sync` (``warnsvc parse``). A document of at most
+:data:`INLINE_MAX` characters is parsed at once, in the calling process: it takes milliseconds,
+and a worker's start would cost more. A larger one goes to a small pool of worker processes:
 
 * the event loop only waits. A parser in pure Python (feedparser, the GCR2P parser) holds the
   worker's interpreter, not the service's, so ``/healthz``, the feeds and the API keep answering
