@@ -202,14 +202,14 @@ class _Ticket:
             self._worker = worker
             cancelled = self.cancelled
         if cancelled:
-            worker.kill()
+            worker.signal_kill()
 
     def cancel(self) -> None:
         with self._lock:
             self.cancelled = True
             worker = self._worker
         if worker is not None:
-            worker.kill()
+            worker.signal_kill()
 
 
 class _Worker:
@@ -257,9 +257,15 @@ class _Worker:
                 f"parse.max_memory is {request.max_memory // _MIB} MiB)"
             ) from None
 
-    def kill(self) -> None:
+    def signal_kill(self) -> None:
+        """Kill the process, from any thread; the thread waiting on it sees the end of its
+        pipe and cleans up (its pipes are never closed under it)."""
         with contextlib.suppress(OSError):
             self.process.kill()
+
+    def kill(self) -> None:
+        """Kill the process and close its pipes; only from the thread that uses it."""
+        self.signal_kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         for connection in (self.requests, self.replies):
@@ -329,10 +335,12 @@ class _Pool:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            workers = [*self._idle, *self._busy]
+            idle, busy = self._idle, self._busy
             self._idle, self._busy = [], set()
-        for worker in workers:
+        for worker in idle:
             worker.kill()
+        for worker in busy:  # their threads see the pipe end, then close it
+            worker.signal_kill()
 
 
 def _unpack(status: str, payload: Any, limits: ParseLimits) -> Any:
