@@ -1,8 +1,11 @@
 """Polite HTTP fetching for sources, on aiohttp.
 
-One :class:`Fetcher` per service, sharing one :class:`aiohttp.ClientSession` made by
-:func:`make_session`. Every fetch is polite (see "Fetch politely" in the architecture):
+A :class:`Fetcher` per source, each with its :class:`aiohttp.ClientSession` made by
+:func:`make_session`; the sessions of an event loop share one pool of kept-alive connections.
+Every fetch is polite (see "Fetch politely" in the architecture):
 
+- at most :data:`PER_HOST` requests at once to one host, across every fetcher of the process
+  (a poll cycle fetches many sources at once; a site with many of them sees a few at a time);
 - conditional GET: ``If-None-Match`` / ``If-Modified-Since`` from the previous validators; a
   ``304`` comes back as a :class:`FetchResult` whose :attr:`~FetchResult.not_modified` is true;
 - a User-Agent naming the service, per-attempt timeouts, a redirect limit;
@@ -159,6 +162,10 @@ class _SharedConnector(aiohttp.TCPConnector):
         self.users -= 1
         if self.users <= 0:
             await super().close(abort_ssl=abort_ssl)
+            loop = asyncio.get_running_loop()
+            if _POOLS.get(loop) is self:  # the loop's entries go with the pool (they refer to it)
+                del _POOLS[loop]
+                _HOST_SLOTS.pop(loop, None)
 
 
 _POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SharedConnector] = (
