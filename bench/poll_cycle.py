@@ -17,8 +17,10 @@ full 200). Nothing on the pages changes during the run.
 The timed runs are interleaved (warnsvc, urlwatch, warnsvc, ...) and their medians reported,
 with the CPU time of each process (user + system) beside the wall clock: on a shared machine
 the wall clock swings with the load, the CPU time much less. ``config_load_seconds`` is the
-median time to load the warnsvc config of N sources in one process (not part of the ratio: it
-is already in the whole-process time).
+median time to load the warnsvc config of N sources in one process, and
+``warnsvc_one_source_seconds`` that of ``warnsvc poll --once --source page-0`` (start-up, the
+config, one page): what a process costs before the cycle. Neither is part of the ratio: both
+are already in the whole-process time.
 
 The last line is one JSON object: warnsvc_seconds, urlwatch_seconds (null when urlwatch is
 not installed), ratio (urlwatch / warnsvc; target >= 2), store, and the other figures.
@@ -283,9 +285,11 @@ def main(
                 print(f"urlwatch first run (cache filled): {first:.2f}s", flush=True)
             else:
                 print("urlwatch is not installed (pip install -e '.[bench]'): warnsvc only")
+            one = [*warnsvc, "--source", "page-0"]
             figures: dict[str, list[float]] = {
                 "warnsvc": [],
                 "warnsvc_cpu": [],
+                "one_source": [],
                 "urlwatch": [],
                 "urlwatch_cpu": [],
             }
@@ -294,6 +298,9 @@ def main(
                 figures["warnsvc"].append(wall)
                 figures["warnsvc_cpu"].append(cpu)
                 line = f"run {run + 1}: warnsvc {wall:.2f}s (cpu {cpu:.2f}s)"
+                wall, _ = timed(one, env)
+                figures["one_source"].append(wall)
+                line += f", warnsvc one source {wall:.2f}s"
                 if urlwatch is not None:
                     wall, cpu = timed(urlwatch, env, check_quiet=True)
                     figures["urlwatch"].append(wall)
@@ -311,6 +318,7 @@ def main(
         "etag": etag,
         "warnsvc_seconds": _median(figures["warnsvc"]),
         "warnsvc_cpu_seconds": _median(figures["warnsvc_cpu"]),
+        "warnsvc_one_source_seconds": _median(figures["one_source"]),
         "urlwatch_seconds": _median(figures["urlwatch"]) if figures["urlwatch"] else None,
         "urlwatch_cpu_seconds": (
             _median(figures["urlwatch_cpu"]) if figures["urlwatch_cpu"] else None
