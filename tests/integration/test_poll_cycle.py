@@ -48,6 +48,7 @@ class Pages:
     most_in_flight: int = 0
     peers: set[tuple[str, int]] = field(default_factory=set)
     hits: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     server: TestServer | None = None
     shared: list[int] | None = None
     """In flight across several sites: [now, most]."""
@@ -55,6 +56,7 @@ class Pages:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.hits += 1
+        self.arrived.set()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer:
             self.peers.add((peer[0], peer[1]))
@@ -455,3 +457,24 @@ async def test_a_change_another_replica_recorded_first_is_refused_and_the_batch_
     states = await second.situation_states("b")
     assert states["b:nk"].revision == 1
     assert (await second.outbox.counts()) == {("webhooks", PENDING): 3}
+
+
+async def test_a_cycle_cancelled_midway_leaves_every_source_free_for_the_next(
+    tmp_path: Path, site: Pages
+) -> None:
+    ids = names(6)
+    site.levels = {name: LEVELS["serious"] for name in ids}
+    site.delay = 0.5
+    parts = await components(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/t.db", site, ids)
+    try:
+        cycle = asyncio.create_task(parts.poller.poll_cycle(ids))
+        await site.arrived.wait()
+        cycle.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cycle
+        site.delay = 0
+        async with asyncio.timeout(30):  # no lock of the cancelled cycle is still held
+            reports = await parts.poller.poll_cycle(ids)
+        assert all(r.ok and r.baseline for r in reports)
+    finally:
+        await parts.close()
