@@ -48,6 +48,10 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from warnsvc.cap.mapping import Category as CapCategory
+from warnsvc.cap.mapping import Certainty as CapCertainty
+from warnsvc.cap.mapping import Severity as CapSeverity
+from warnsvc.cap.mapping import Urgency as CapUrgency
 from warnsvc.errors import ConfigError, ConfigProblem
 from warnsvc.model import BUILTIN_SCALES, Scale, normalize_name
 
@@ -438,6 +442,8 @@ class BaseSourceSettings(_Section):
     namespace: Slug
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     parse: ParseSettings = Field(default_factory=ParseSettings)
+    cap_category: CapCategory | None = None
+    """The CAP ``<category>`` of this source's alerts (default: ``cap.category``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -664,6 +670,7 @@ class FeedsSettings(_Section):
     dir: Path = Path("feeds")
     title: str = Field(default="warnsvc alerts", min_length=1)
     max_entries: Int = Field(default=100, ge=1, le=10_000)
+    websub: WebSubSettings | None = None
 
 
 # --------------------------------------------------------------------------- email
@@ -837,6 +844,12 @@ def _network(value: str) -> str:
     return value
 
 
+def _cap_token(value: str) -> str:
+    if not value or re.search(r"[\s,<&]", value):
+        raise ValueError(f"must have no spaces, commas, '<' or '&' (CAP 1.2), not {value!r}")
+    return value
+
+
 class WebhookFiltersSettings(_Section):
     """What a webhook endpoint receives; an empty list means everything."""
 
@@ -964,6 +977,31 @@ class OperatorsSettings(_Section):
     dead_letters: Int = Field(default=10, ge=1)
 
 
+class WebSubSettings(_Section):
+    """A WebSub hub that hears of every change of the feeds (``feeds.websub``)."""
+
+    hub: HttpUrl
+    allow_hosts: list[str] = []
+    allow_networks: list[Annotated[str, AfterValidator(_network)]] = []
+    timeout: Annotated[float, _duration(minimum=0.1)] = 10.0
+
+
+class CapLevelSettings(_Section):
+    """The CAP values of one level; a value left out keeps the default."""
+
+    urgency: CapUrgency | None = None
+    severity: CapSeverity | None = None
+    certainty: CapCertainty | None = None
+
+
+class CapSettings(_Section):
+    """The CAP 1.2 alerts (``/cap/{event id}.xml``) and their index (``/feeds/cap.atom``)."""
+
+    sender: Annotated[str, AfterValidator(_cap_token)] | None = None
+    category: CapCategory = "Safety"
+    mapping: dict[str, dict[str, CapLevelSettings]] = {}
+
+
 class Settings(_Section):
     """The whole configuration. ``path`` is the file it came from (set by :func:`load_config`)."""
 
@@ -977,9 +1015,10 @@ class Settings(_Section):
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     email: EmailSettings | None = None
     operators: OperatorsSettings = Field(default_factory=OperatorsSettings)
+    cap: CapSettings = Field(default_factory=CapSettings)
 
     @field_validator(
-        "service", "storage", "detection", "feeds", "webhooks", "operators", mode="before"
+        "service", "storage", "detection", "feeds", "webhooks", "operators", "cap", mode="before"
     )
     @classmethod
     def _empty_section(cls, value: object) -> object:
@@ -1007,6 +1046,7 @@ class Settings(_Section):
             _scale_ids(self.scales),
             {},
         )
+        found += _check_cap_and_websub(self)
         if found:
             raise ValueError("; ".join(f"{_format_loc(loc)}: {msg}" for loc, msg in found))
         return self
@@ -1323,7 +1363,7 @@ class _Checker:
             _scale_ids(settings.scales),
             self.document.lines,
         )
-        self._add_all(found)
+        self._add_all([*found, *_check_cap_and_websub(settings)])
         return settings
 
     def _top_level(self) -> object:
@@ -1701,3 +1741,57 @@ def _check_source_scales(
         if source.scale is not None and source.scale not in scale_ids:
             message = f"unknown scale {source.scale!r}; known scales: {', '.join(known)}"
             yield ("sources", source.index, "scale"), message + _did_you_mean(source.scale, known)
+
+
+def _check_cap_and_websub(settings: Settings) -> list[tuple[Loc, str]]:
+    """``cap.mapping`` names known scales and levels; a WebSub hub has a public base URL and
+    passes the hub's SSRF allow-list as far as can be told without a DNS lookup."""
+    found: list[tuple[Loc, str]] = []
+    scales = settings.scale_map()
+    for scale_id, levels in settings.cap.mapping.items():
+        scale = scales.get(scale_id)
+        if scale is None:
+            known = ", ".join(scales)
+            found.append((("cap", "mapping", scale_id), f"unknown scale; known scales: {known}"))
+            continue
+        level_ids = [level.id for level in scale.levels]
+        for level_id in levels:
+            if level_id not in level_ids:
+                message = f"unknown level of scale {scale_id!r}; its levels: {', '.join(level_ids)}"
+                found.append((("cap", "mapping", scale_id, level_id), message))
+    websub = settings.feeds.websub
+    if websub is not None:
+        if "base_url" not in settings.service.model_fields_set:
+            message = "a WebSub hub fetches the feeds at their public URL: set service.base_url"
+            found.append((("feeds", "websub", "hub"), message))
+        problem = _hub_problem(websub)
+        if problem is not None:
+            found.append((("feeds", "websub", "hub"), problem))
+    return found
+
+
+def _hub_problem(websub: WebSubSettings) -> str | None:
+    import ipaddress
+
+    parts = urlsplit(websub.hub)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user name or password"
+    if parts.fragment:
+        return "must not have a #fragment"
+    listed = host in {h.lower().rstrip(".") for h in websub.allow_hosts}
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None and not listed:
+        networks = [ipaddress.ip_network(n, strict=False) for n in websub.allow_networks]
+        listed = any(address in network for network in networks)
+        if not listed and not address.is_global:
+            return (
+                f"{host} is not a public address; list it in feeds.websub.allow_networks "
+                "(e.g. 127.0.0.0/8 for a hub on this machine)"
+            )
+    if parts.scheme != "https" and not listed:
+        return "must use https (plain http only for a hub in allow_hosts or allow_networks)"
+    return None

@@ -97,6 +97,7 @@ def feed_settings(settings: Settings) -> FeedSettings:
         title=settings.feeds.title,
         author=settings.service.name,
         max_entries=settings.feeds.max_entries,
+        hub=settings.feeds.websub.hub if settings.feeds.websub is not None else None,
     )
 
 
@@ -176,6 +177,10 @@ async def build_components(
     channels: dict[str, Channel] = {FEEDS_CHANNEL: feeds}
     webhooks = await build_webhooks(settings, store, user_agent=user_agent(settings))
     channels[WEBHOOKS_CHANNEL] = webhooks.channel
+    from warnsvc.channels.websub import build_websub
+
+    websub = build_websub(settings, feeds, user_agent=user_agent(settings))
+    channels[websub.name] = websub
     email = build_email(settings, store)
     if email is not None:
         await email.prepare()
@@ -533,6 +538,7 @@ class Service:
             title=self.settings.feeds.title,
             metrics=self.metrics,
             role=lambda: "leader" if self.leading else "follower",
+            routes=self._cap_routes(),
         )
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
@@ -559,6 +565,15 @@ class Service:
             self.port,
             extra={"action": "http_started"},
         )
+
+    def _cap_routes(self) -> list[web.RouteDef]:
+        """``/cap/{event id}.xml`` and ``/feeds/cap.atom``, under the config of the moment."""
+        from warnsvc.cap.profile import profile_from_settings
+        from warnsvc.web.cap import CapPages
+
+        if self.parts is None:
+            return []
+        return CapPages(self.parts.store, lambda: profile_from_settings(self.settings)).routes()
 
     async def readiness(self, replica_only: bool = False) -> tuple[bool, dict[str, Any]]:
         """The checks of ``/readyz``; ``replica_only`` leaves out the sources' health, which

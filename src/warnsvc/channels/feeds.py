@@ -100,6 +100,8 @@ class FeedSettings:
     :data:`FEED_ID_YEAR`, see :func:`feed_id_authority`."""
     entry_id_authority: str = ENTRY_ID_AUTHORITY
     """The authority of entry ids (``tag:{authority}:event:{event id}``)."""
+    hub: str | None = None
+    """A WebSub hub (``feeds.websub.hub``): the feeds carry ``<link rel="hub">``."""
 
     def __post_init__(self) -> None:
         if self.max_entries < 1:
@@ -570,6 +572,7 @@ def _json_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
         "feed_url": _url(settings, feed.path + ".json"),
         "description": feed.subtitle,
         "authors": [{"name": _clean_line(settings.author) or "warnsvc"}],
+        **({"hubs": [{"type": "WebSub", "url": settings.hub}]} if settings.hub else {}),
         "items": [_json_item(entry, settings) for entry in feed.entries],
     }
     text = json.dumps(document, ensure_ascii=False, indent=2, default=str)
@@ -671,6 +674,27 @@ def _outputs(
     return outputs
 
 
+def feed_paths(
+    payload: Mapping[str, Any], scales: Mapping[str, Scale], settings: FeedSettings
+) -> list[str]:
+    """The feed files (under ``out_dir``) an event appears in; their URLs: :func:`feed_url`."""
+    entry = _prepare(payload, scales, settings)
+    if entry is None:
+        return []
+    paths = ["alerts.atom", "alerts.rss", "alerts.json"]
+    if _safe_file_stem(entry.situation):
+        paths.append(f"situations/{entry.situation}.atom")
+    for level_id, pairs in sorted(_levels_by_id(scales).items()):
+        if _safe_file_stem(level_id) and _at_or_above(entry, pairs):
+            paths.append(f"levels/{level_id}.atom")
+    return paths
+
+
+def feed_url(settings: FeedSettings, path: str) -> str:
+    """The public URL of the feed file at ``path`` (its ``rel="self"`` link)."""
+    return _url(settings, path)
+
+
 def build_feeds(
     events: Sequence[Mapping[str, Any]],
     scales: Mapping[str, Scale],
@@ -740,17 +764,20 @@ class FeedChannel:
         self.settings = settings
         self.history = _HISTORY_LIMIT
         """How many of the newest events a rebuild reads."""
+        self._rebuilding = asyncio.Lock()
 
     async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
         return [] if event.type is EventType.WEBHOOK_TEST else [FEEDS_RECIPIENT]
 
     async def rebuild(self) -> list[Path]:
-        # partner test pings are in no feed: left out before the limit, so that many pings
-        # never push real events out of the feeds
-        payloads = await self.events.recent_events(
-            limit=self.history, exclude_types=(EventType.WEBHOOK_TEST.value,)
-        )
-        return await asyncio.to_thread(build_feeds, payloads, self.scales, self.settings)
+        # one at a time: a rebuild that read fewer events never writes over a newer one's files
+        async with self._rebuilding:
+            # partner test pings are in no feed: left out before the limit, so that many pings
+            # never push real events out of the feeds
+            payloads = await self.events.recent_events(
+                limit=self.history, exclude_types=(EventType.WEBHOOK_TEST.value,)
+            )
+            return await asyncio.to_thread(build_feeds, payloads, self.scales, self.settings)
 
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         try:

@@ -359,6 +359,38 @@ class Store:
             ).scalar_one_or_none()
         return dict(value) if value is not None else None
 
+    async def situation_history(
+        self, event_id: str, *, limit: int = 1000
+    ) -> list[dict[str, Any]] | None:
+        """The payloads of an event's situation up to and including it (the newest ``limit``),
+        oldest first; None when there is no such event (operators' notices are no events)."""
+        table = schema.events
+        async with self.engine.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(table.c.seq, table.c.situation_id, table.c.payload).where(
+                        table.c.id == event_id, table.c.type != OPERATOR_NOTICE
+                    )
+                )
+            ).first()
+            if found is None:
+                return None
+            seq, situation_id, payload = found
+            if situation_id is None:
+                return [dict(payload)]
+            query = (
+                select(table.c.payload)
+                .where(
+                    table.c.situation_id == situation_id,
+                    table.c.seq <= seq,
+                    table.c.type != OPERATOR_NOTICE,
+                )
+                .order_by(table.c.seq.desc())
+                .limit(limit)
+            )
+            rows = (await conn.execute(query)).scalars().all()
+        return [dict(row) for row in reversed(rows)]
+
     async def apply_manual(
         self,
         *,

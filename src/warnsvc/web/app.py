@@ -4,6 +4,8 @@ Routes::
 
     GET /                       a small page linking the feeds
     GET /feeds/{path}           the files under the feeds directory, with ETag/Last-Modified
+    GET /feeds/cap.atom         the Atom index of the CAP alerts (see warnsvc.web.cap)
+    GET /cap/{event_id}.xml     one event as a CAP 1.2 alert
     GET /healthz                the process answers: {"status": "ok", "role": "leader",
                                 "instance": "host:pid"}
     GET /readyz                 store reachable, scheduler running, sources healthy: 200 or 503
@@ -19,7 +21,7 @@ import html
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -142,9 +144,11 @@ def make_app(
     metrics: Metrics | None = None,
     role: Role = lambda: "leader",
     instance: str | None = None,
+    routes: Iterable[web.RouteDef] = (),
 ) -> web.Application:
     """The app; ``instance`` names this process in ``/healthz`` (default ``host:pid``, as in the
-    replica's heartbeat row)."""
+    replica's heartbeat row). ``routes`` (the CAP pages) come before the feed files, so
+    ``/feeds/cap.atom`` is theirs."""
     app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024)
     app[ROLE] = role
     app[INSTANCE] = instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -157,5 +161,6 @@ def make_app(
     if metrics is not None:
         app[METRICS] = metrics
         app.router.add_get("/metrics", serve_metrics)
+    app.router.add_routes(routes)
     app.router.add_get("/feeds/{path:.+}", feed_file)
     return app
