@@ -361,3 +361,39 @@ async def test_prune_deletes_only_delivered_rows_older_than_the_cutoff(
     assert sorted(left) == [2, 3, 4]
     assert (left[3]["status"], left[4]["status"]) == (DEAD, IN_FLIGHT)
     assert await store.count_events() == 3  # events are history: never pruned
+
+
+async def test_a_claim_walks_only_due_rows_whatever_the_history(
+    store: Store, outbox: Outbox
+) -> None:
+    """Delivered rows stay for days: a claim must not read (or sort) them all every time, or
+    a fan-out to N endpoints costs N**2. SQLite's plan must walk indexes and sort nothing."""
+    plans: list[str] = []
+
+    @sqlalchemy_event.listens_for(store.engine.sync_engine, "before_cursor_execute")
+    def explain(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().startswith("UPDATE outbox SET status = 'in_flight'"):
+            plans.append(statement)
+
+    await enqueue(store, "evt_history", recipients={"webhooks": [f"ep_{n}" for n in range(50)]})
+    history = await outbox.claim("webhooks", now=T0, limit=50)
+    await outbox.complete([d.id for d in history], now=T0)
+    await enqueue(store, "evt_new", recipients={"webhooks": [f"ep_{n}" for n in range(5)]})
+    claimed = await outbox.claim("webhooks", now=T0 + seconds(1), limit=3)
+    assert [d.recipient for d in claimed] == ["ep_0", "ep_1", "ep_2"]
+    assert {d.event_id for d in claimed} == {"evt_new"}
+    assert plans, "the claim statement was not seen"
+    params = {
+        "channel": "webhooks",
+        "due_by": "2024-03-01 12:00:01",
+        "now": "2024-03-01 12:00:01",
+        "limit": 3,
+        "lease": "2024-03-01 12:01:01",
+    }
+    async with store.engine.connect() as conn:
+        plan = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + plans[-1], params)).all()
+    searches = [str(row[-1]) for row in plan if "outbox" in str(row[-1])]
+    assert searches, plan
+    for step in searches:  # by primary key, or one (channel, status): never a whole channel
+        assert "PRIMARY KEY" in step or "(channel=? AND status=?)" in step, searches
+    assert not any("TEMP B-TREE" in str(row[-1]) for row in plan), plan

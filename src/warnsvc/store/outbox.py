@@ -95,32 +95,42 @@ INSERT INTO outbox
     (event_id, channel, recipient, status, attempts, next_attempt_at, created_at, updated_at)
 VALUES (?, ?, ?, '{PENDING}', 0, ?, ?, ?)
 """
-_DUE = f"""channel = {{channel}} AND (
-    (status = '{PENDING}' AND next_attempt_at <= {{due_by}})
-    OR (status = '{IN_FLIGHT}' AND lease_until < {{now}}))"""
-# picked once, rows locked as they are picked: ours alone until we commit
+# PostgreSQL: each kind of due row picked through its index and locked as it is picked (ours
+# alone until we commit; rows another replica holds are skipped), once (materialised: an
+# ``IN (subquery)`` lets the planner re-run it per row, and one replica takes every row).
+# Pending rows come oldest due first, walking (status, next_attempt_at) and stopping at the
+# limit: ordering by id instead walks every row the channel ever had. The rows are then
+# updated by primary key (``= ANY(ARRAY(...))``), never by joining the whole table.
 _PG_CLAIM = f"""
-WITH picked AS MATERIALIZED (
-    SELECT id FROM outbox WHERE {_DUE.format(channel="$1", due_by="$2", now="$3")}
-    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED
+WITH expired AS MATERIALIZED (
+    SELECT id FROM outbox
+    WHERE channel = $1 AND status = '{IN_FLIGHT}' AND lease_until < $3
+    LIMIT $4 FOR UPDATE SKIP LOCKED
+), due AS MATERIALIZED (
+    SELECT id FROM outbox
+    WHERE channel = $1 AND status = '{PENDING}' AND next_attempt_at <= $2
+    ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED
 )
 UPDATE outbox SET status = '{IN_FLIGHT}', lease_until = $5, updated_at = $3
-FROM picked WHERE outbox.id = picked.id
-RETURNING outbox.id, outbox.event_id, outbox.recipient, outbox.attempts
+WHERE id = ANY(ARRAY(SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $4))
+RETURNING id, event_id, recipient, attempts
 """
-# SQLite: one writer at a time; ``due`` is checked again on each row it updates. The two
-# kinds of due row are picked apart, each through an index, then merged: with one ``OR``
-# SQLite walks every row the channel ever had (delivered ones kept for days included).
+# SQLite: one writer at a time, so the rows picked are still due when the same statement
+# updates them. The two kinds of due row are picked apart, each walking the (channel, status)
+# index, which SQLite keeps in rowid order, so the merge by id stops at the limit; the update
+# then finds them by primary key. (With one ``OR`` SQLite walks every row the channel ever
+# had, delivered ones kept for days included; the unary ``+`` keeps it off the (status,
+# next_attempt_at) index, whose rows would all be sorted by id at every claim.)
 _SQLITE_CLAIM = f"""
 UPDATE outbox SET status = '{IN_FLIGHT}', lease_until = :lease, updated_at = :now
 WHERE id IN (
     SELECT id FROM outbox
-    WHERE channel = :channel AND status = '{PENDING}' AND next_attempt_at <= :due_by
+    WHERE channel = :channel AND status = '{PENDING}' AND +next_attempt_at <= :due_by
     UNION ALL
     SELECT id FROM outbox
-    WHERE channel = :channel AND status = '{IN_FLIGHT}' AND lease_until < :now
+    WHERE channel = :channel AND status = '{IN_FLIGHT}' AND +lease_until < :now
     ORDER BY id LIMIT :limit
-) AND {_DUE.format(channel=":channel", due_by=":due_by", now=":now")}
+)
 RETURNING id, event_id, recipient, attempts
 """
 _COMPLETE = f"""
