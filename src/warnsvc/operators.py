@@ -33,7 +33,6 @@ from warnsvc.channels.base import Outcome
 from warnsvc.channels.webhooks import encode_payload, sign_payload
 from warnsvc.config import Settings
 from warnsvc.errors import SourceError, UnknownLevelError
-from warnsvc.mail.smtp import SendError, SmtpPool
 from warnsvc.model import Event, new_event_id
 from warnsvc.outbox import DEAD, Delivery
 from warnsvc.store.db import SourceHealth, Store
@@ -41,6 +40,7 @@ from warnsvc.store.notices import OPERATOR_NOTICE, Notice, NoticeStore
 from warnsvc.store.webhooks import secret_key
 
 if TYPE_CHECKING:
+    from warnsvc.mail.smtp import SmtpPool
     from warnsvc.store.db import RouteContext
 
 log = logging.getLogger(__name__)
@@ -214,14 +214,11 @@ class OperatorChannel:
                         )
                         continue
                 outcomes.append(Outcome(delivery_id=delivery.id, ok=True))
-            except (aiohttp.ClientError, TimeoutError, OSError, SendError) as exc:
-                outcomes.append(
-                    Outcome(
-                        delivery_id=delivery.id,
-                        ok=False,
-                        error=f"{type(exc).__name__}: {exc}"[:500],
-                    )
-                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                outcomes.append(Outcome(delivery_id=delivery.id, ok=False, error=error[:500]))
+            except _MailFailedError as exc:
+                outcomes.append(Outcome(delivery_id=delivery.id, ok=False, error=str(exc)[:500]))
             except _NoSmtpError as exc:
                 outcomes.append(
                     Outcome(delivery_id=delivery.id, ok=False, error=str(exc), permanent=True)
@@ -232,9 +229,11 @@ class OperatorChannel:
         email = self.settings.email
         if email is None or not email.enabled:
             raise _NoSmtpError("no email section to send operators' mail through")
-        if self.pool is None:
-            from warnsvc.mail.wiring import smtp_config
+        # the SMTP client is loaded with the first operator's mail, not with the service
+        from warnsvc.mail.smtp import SendError, SmtpPool
+        from warnsvc.mail.wiring import smtp_config
 
+        if self.pool is None:
             self.pool = SmtpPool(smtp_config(email))
         message = EmailMessage()
         message["From"] = email.from_address
@@ -251,7 +250,10 @@ class OperatorChannel:
             f"-- {self.settings.service.name} ({self.settings.service.base_url}/readyz)",
         ]
         message.set_content("\n".join(lines))
-        await self.pool.send(_address(email.from_address), address, message.as_bytes())
+        try:
+            await self.pool.send(_address(email.from_address), address, message.as_bytes())
+        except SendError as exc:
+            raise _MailFailedError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _post(self, url: str, payload: dict[str, Any]) -> int:
         if self.session is None:
@@ -288,6 +290,10 @@ class OperatorChannel:
 
 class _NoSmtpError(Exception):
     pass
+
+
+class _MailFailedError(Exception):
+    """The SMTP client's refusal, as ``SendError: why`` (the outbox retries it)."""
 
 
 def _address(mailbox: str) -> str:

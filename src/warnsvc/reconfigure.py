@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from warnsvc.config import Settings
-from warnsvc.mail.smtp import SmtpPool
-from warnsvc.mail.wiring import EmailParts, email_options
 from warnsvc.security.keys import KeyRing, RateLimiter
 from warnsvc.web.api import WebhookApi
 from warnsvc.webhook_wiring import Webhooks, level_ranks, partners, retry_policy, static_endpoints
+
+if TYPE_CHECKING:  # the email code is loaded only where email is configured
+    from warnsvc.mail.wiring import EmailParts
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ async def reconfigure_email(parts: EmailParts, old: Settings, new: Settings) -> 
     email = new.email
     if email is None or not email.enabled:
         return ["email (the section was removed or disabled)"]
+    from warnsvc.mail.smtp import SmtpPool
+    from warnsvc.mail.wiring import email_options
+
     options = email_options(new, email)
     previous = parts.mailer.pool
     if options.smtp != parts.options.smtp:

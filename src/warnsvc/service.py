@@ -21,7 +21,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +29,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from warnsvc import __version__, metrics
 from warnsvc.channels.base import Channel
-from warnsvc.channels.email import DIGEST_CHANNEL, EMAIL_CHANNEL
 from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
 from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
 from warnsvc.cluster import Cluster
@@ -38,7 +37,6 @@ from warnsvc.detect import DetectionPolicy
 from warnsvc.dispatch import Dispatcher
 from warnsvc.errors import ConfigError, ListenError, StoreError
 from warnsvc.logs import current_logging
-from warnsvc.mail.wiring import EmailParts, build_email
 from warnsvc.model import Scale
 from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
 from warnsvc.outbox import RetryPolicy
@@ -55,6 +53,9 @@ from warnsvc.store.outbox import Outbox
 from warnsvc.web.api import WebhookApi, make_api
 from warnsvc.web.app import make_app
 from warnsvc.webhook_wiring import Webhooks, build_webhooks
+
+if TYPE_CHECKING:
+    from warnsvc.mail.wiring import EmailParts
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +182,10 @@ async def build_components(
 
     websub = build_websub(settings, feeds, user_agent=user_agent(settings))
     channels[websub.name] = websub
-    email = build_email(settings, store)
+    email = await _build_email(settings, store)
     if email is not None:
-        await email.prepare()
-        channels[EMAIL_CHANNEL] = email.channel
-        channels[DIGEST_CHANNEL] = email.digests
+        channels[email.channel.name] = email.channel
+        channels[email.digests.name] = email.digests
     operators = OperatorChannel(settings)
     routed = dict(channels)  # operators' notices are queued by the forwarder, never routed
     channels[OPERATORS_CHANNEL] = operators
@@ -202,6 +202,19 @@ async def build_components(
         if (only is None and config.enabled) or config.id == only:
             parts.add_source(settings, config)
     return parts
+
+
+async def _build_email(settings: Settings, store: Store) -> EmailParts | None:
+    """The email parts, ready, or None without an enabled ``email`` section; the SMTP client,
+    the templates and the subscription pages are only loaded when email is configured."""
+    if settings.email is None or not settings.email.enabled:
+        return None
+    from warnsvc.mail.wiring import build_email
+
+    email = build_email(settings, store)
+    if email is not None:
+        await email.prepare()
+    return email
 
 
 class Service:
