@@ -48,7 +48,7 @@ from warnsvc.sources.fetch import Fetcher, make_session
 from warnsvc.sources.fetch import FetchSettings as HttpFetchSettings
 from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
-from warnsvc.store.migrations import upgrade_apart
+from warnsvc.store.migrations import head_revisions, upgrade_apart
 from warnsvc.store.outbox import Outbox
 from warnsvc.web.api import WebhookApi, make_api
 from warnsvc.web.app import make_app
@@ -750,11 +750,17 @@ async def _migrate_apart(url: str) -> None:
     """Bring the schema up to date in a child process, if it is behind."""
     store = await Store.open(url, migrate=False)  # an unreachable database fails here, as ever
     try:
-        behind = await store.schema_behind()
+        stamped = await store.schema_revisions()
     finally:
         await store.close()
-    if behind:
-        log.info("migrating the database", extra={"action": "migrate"})
+    if stamped != head_revisions():
+        # an upgrade is news to an operator; creating a new database's tables is not (and a
+        # start that fails, on a port in use say, stays one line)
+        log.log(
+            logging.INFO if stamped else logging.DEBUG,
+            "migrating the database" if stamped else "creating the database tables",
+            extra={"action": "migrate"},
+        )
         level, log_format = current_logging()
         await upgrade_apart(url, log_level=level, log_format=log_format)
 

@@ -282,8 +282,12 @@ class Store:
 
     async def schema_behind(self) -> bool:
         """Whether :meth:`migrate` has work to do (a new database, or an older schema)."""
+        return await self.schema_revisions() != head_revisions()
+
+    async def schema_revisions(self) -> frozenset[str]:
+        """The migrations the database is stamped with: none for a new database."""
         async with self.engine.connect() as conn:
-            return await conn.run_sync(current_revisions) != head_revisions()
+            return await conn.run_sync(current_revisions)
 
     async def close(self) -> None:
         await self.engine.dispose()
