@@ -456,7 +456,7 @@ class WebhookChannel:
                 status = await self._post(job)
         return status
 
-    def _sign(self, job: _Job, timestamp: int, now: datetime) -> str:
+    def _sign(self, job: _Job, timestamp: int) -> str:
         """The signature of this attempt: ``id.timestamp.body`` is built once per event and
         second, the HMAC once per key."""
         event_id = job.delivery.event_id
@@ -464,16 +464,18 @@ class WebhookChannel:
         if signed is None or signed[0] != timestamp:
             message = f"{event_id}.{timestamp}.".encode() + job.body
             signed = job.batch.signed[event_id] = (timestamp, message)
-        return _signature(signed[1], job.target.signing_keys(now))
+        keys = job.target.keys
+        if len(keys) > 1:  # a rotated secret: the previous key signs too while its grace lasts
+            keys = job.target.signing_keys(datetime.now(UTC))
+        return _signature(signed[1], keys)
 
     async def _post(self, job: _Job) -> int:
-        now = datetime.now(UTC)
         timestamp = int(time.time())  # every attempt is signed afresh
         headers = {
             "Content-Type": "application/json",
             "webhook-id": job.delivery.event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": self._sign(job, timestamp, now),
+            "webhook-signature": self._sign(job, timestamp),
         }
         try:
             async with self.session.post(
@@ -498,7 +500,7 @@ class WebhookChannel:
         if status == 410:
             raise _GoneError("HTTP 410 Gone: the receiver asked us to stop")
         if status == 429:
-            wait = retry_after_seconds(retry_after, now=now)
+            wait = retry_after_seconds(retry_after, now=datetime.now(UTC))
             raise _AttemptFailedError(
                 "HTTP 429 Too Many Requests", status=status, retry_after=wait or 60.0
             )
