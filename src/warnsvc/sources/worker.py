@@ -69,6 +69,10 @@ slowest parser reads it in a few tens of milliseconds, and its size bounds its m
 IDLE_SECONDS = 60.0
 """A worker idle this long is retired (and one idle twice as long exits by itself)."""
 
+NICENESS = 5
+"""Workers run at a lower CPU priority than the service, so that on a busy machine the event
+loop's short bursts of work come before a long parse."""
+
 _MIB = 1024 * 1024
 
 
@@ -400,6 +404,8 @@ def serve() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # a stray print must never corrupt the replies
+    with contextlib.suppress(AttributeError, OSError):  # no os.nice on Windows
+        os.nice(NICENESS)
     while requests.poll(2 * IDLE_SECONDS):
         try:
             request = requests.recv()
