@@ -104,7 +104,7 @@ def spread_severity(rank: int, levels: int) -> str:
     """A rank spread evenly over Minor < Moderate < Severe < Extreme; the top level is Extreme.
 
     Three levels give Moderate, Severe, Extreme; two give Moderate, Extreme; five give Minor,
-    Moderate, Severe, Severe, Extreme.
+    Moderate, Severe, Extreme, Extreme.
     """
     if levels < 1 or rank < 1:
         return "Unknown"

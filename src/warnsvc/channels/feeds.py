@@ -531,6 +531,11 @@ def _rfc2822(moment: datetime) -> str:
     return format_datetime(moment)  # English names whatever the locale, as RSS wants
 
 
+def _hub_links(indent: str, name: str, settings: FeedSettings) -> list[str]:
+    """``<link rel="hub">`` when a WebSub hub is configured (see ``channels/websub.py``)."""
+    return [_empty(indent, name, ("href", settings.hub), ("rel", "hub"))] if settings.hub else []
+
+
 def _atom_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
     self_url = _url(settings, feed.path + ".atom")
     lines = [
@@ -542,6 +547,7 @@ def _atom_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
         _leaf("    ", "name", _clean_line(settings.author) or "warnsvc"),
         "  </author>",
         _empty("  ", "link", ("href", self_url), ("rel", "self"), ("type", _ATOM_TYPE)),
+        *_hub_links("  ", "link", settings),
         _empty("  ", "link", ("href", _home_url(settings)), ("rel", "alternate")),
         _leaf("  ", "generator", _GENERATOR),
     ]
@@ -572,6 +578,7 @@ def _rss_bytes(feed: _Feed, settings: FeedSettings) -> bytes:
         _leaf("    ", "link", _home_url(settings)),
         _leaf("    ", "description", _clean(feed.subtitle)),
         _empty("    ", "atom:link", ("href", self_url), ("rel", "self"), ("type", _RSS_TYPE)),
+        *_hub_links("    ", "atom:link", settings),
         _leaf("    ", "docs", _RSS_DOCS),
         _leaf("    ", "generator", _GENERATOR),
         _leaf("    ", "lastBuildDate", _rfc2822(feed.updated)),
