@@ -149,8 +149,9 @@ async def test_sighup_applies_a_valid_edit_and_refuses_a_broken_one(
     ready = await running.get_json("/readyz")
     problems = ready["checks"]["config"]["last_reload_error"]
     assert problems == [
-        f"{running.config}:18: sources[1].colour: unknown key 'colour'; allowed keys: critical, "
-        "enabled, fetch, id, interval, jitter, kind, name, namespace, parse, scale, url"
+        f"{running.config}:18: sources[1].colour: unknown key 'colour'; allowed keys: "
+        "cap_category, critical, enabled, fetch, id, interval, jitter, kind, name, namespace, "
+        "parse, scale, url"
     ]
     assert ready["checks"]["config"]["last_reload"] == "failed"
     assert set(ready["checks"]["next_polls"]) == {"gcr2p", "second"}  # still the old config

@@ -151,7 +151,7 @@ emial:
   to: ops@example.org
 """
     assert problems(text) == [
-        f"{FILE}:3: emial: unknown key 'emial'; allowed keys: detection, email, feeds, "
+        f"{FILE}:3: emial: unknown key 'emial'; allowed keys: cap, detection, email, feeds, "
         "operators, scales, service, sources, storage, webhooks; did you mean 'email'?"
     ]
 
@@ -166,8 +166,8 @@ sources:
 """
     assert problems(text) == [
         f"{FILE}:5: sources[0].intervall: unknown key 'intervall'; allowed keys: authoritative, "
-        "critical, enabled, fetch, follow_pages, id, interval, jitter, kind, name, namespace, "
-        "page_delay, parse, scale, url; did you mean 'interval'?"
+        "cap_category, critical, enabled, fetch, follow_pages, id, interval, jitter, kind, name, "
+        "namespace, page_delay, parse, scale, url; did you mean 'interval'?"
     ]
 
 
@@ -448,10 +448,10 @@ sources:
         ),
         ("feeds: []\n", "1: feeds: expected a mapping, found a list"),
         ("sources: {id: a}\n", "1: sources: expected a list, found a mapping"),
-        ("- a\n", "1: expected a mapping of sections (detection, email, feeds, operators, scales,"),
+        ("- a\n", "1: expected a mapping of sections (cap, detection, email, feeds, operators,"),
         ("storage: {url: 'sqlite:///x.db'}\n", "1: storage.url: needs an async driver"),
         ("service: {base_url: 'https://x.org/?a=1'}\n", "1: service.base_url: must not have a"),
-        ("path: x.yaml\n", "1: path: unknown key 'path'; allowed keys: detection, email, feeds,"),
+        ("path: x.yaml\n", "1: path: unknown key 'path'; allowed keys: cap, detection, email,"),
         (
             "service:\n  name: a\n  name: b\n",
             "3: service.name: duplicate key 'name' (first at line 2)",
