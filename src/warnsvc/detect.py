@@ -372,8 +372,10 @@ def build_event(
     source_name: str,
     scale: Scale,
     now: datetime,
+    cap: Mapping[str, str] | None = None,
 ) -> Event:
-    """The immutable event for a confirmed change. ``occurred_at`` is the page's date if any."""
+    """The immutable event for a confirmed change. ``occurred_at`` is the page's date if any;
+    ``cap``: the source's own CAP urgency and certainty (:func:`~warnsvc.model.cap_values`)."""
     occurred = (
         datetime.combine(change.date, time(0, 0), tzinfo=UTC)
         if change.date is not None and change.type is not EventType.DELISTED
@@ -396,4 +398,5 @@ def build_event(
         risk_factors=change.risk_factors,
         status=change.status,
         previous_status=change.previous_status,
+        cap=cap,
     )

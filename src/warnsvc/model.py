@@ -289,11 +289,15 @@ class Event:
     """Announced by an operator (``warnsvc publish``/``retract``), not read from the source."""
     note: str | None = None
     retracts: str | None = None
+    cap: Mapping[str, str] | None = None
+    """A CAP source's own ``urgency`` and ``certainty`` for this alert (see
+    :func:`cap_values`), carried to warnsvc's CAP output; None for other sources."""
 
     def payload(self) -> dict[str, Any]:
         """The public JSON payload (webhook body, JSON Feed extension).
 
-        ``manual``, ``note`` and ``retracts`` appear only on operators' events.
+        ``manual``, ``note`` and ``retracts`` appear only on operators' events, ``cap`` only
+        on events of CAP sources that stated urgency or certainty.
         """
         operator: dict[str, Any] = {}
         if self.manual:
@@ -302,6 +306,8 @@ class Event:
             operator["note"] = self.note
         if self.retracts is not None:
             operator["retracts"] = self.retracts
+        if self.cap:
+            operator["cap"] = dict(self.cap)
         return {
             "id": self.id,
             "type": self.type.value,
@@ -324,6 +330,21 @@ class Event:
 
     def payload_json(self) -> str:
         return json.dumps(self.payload(), ensure_ascii=False, separators=(",", ":"))
+
+
+CAP_URGENCY = ("Immediate", "Expected", "Future", "Past", "Unknown")
+CAP_CERTAINTY = ("Observed", "Likely", "Possible", "Unlikely", "Unknown")
+
+
+def cap_values(extra: Mapping[str, Any]) -> dict[str, str] | None:
+    """The CAP ``urgency`` and ``certainty`` an observation's source stated (its ``extra``),
+    when they are values of CAP 1.2's lists; None when it stated neither."""
+    found = {
+        key: value
+        for key, allowed in (("urgency", CAP_URGENCY), ("certainty", CAP_CERTAINTY))
+        if (value := extra.get(key)) in allowed
+    }
+    return found or None
 
 
 def _iso(moment: datetime) -> str:

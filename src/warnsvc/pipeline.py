@@ -19,7 +19,7 @@ from warnsvc import metrics
 from warnsvc.channels.base import Channel
 from warnsvc.detect import Detection, DetectionPolicy, build_event, detect_changes
 from warnsvc.errors import SourceError, StoreConflictError
-from warnsvc.model import Event, Observation, SituationState, new_event_id
+from warnsvc.model import Event, Observation, SituationState, cap_values, new_event_id
 from warnsvc.sources.base import Source
 from warnsvc.store.db import (
     HistoryEntry,
@@ -333,6 +333,7 @@ class Poller:
         report.baseline = detection.baseline
         report.pending = detection.pending
         report.skipped = detection.skipped
+        stated = {o.situation: o.extra for o in report.observations if o.extra}
         report.events = [
             build_event(
                 c,
@@ -341,6 +342,7 @@ class Poller:
                 source_name=info.name,
                 scale=info.scale,
                 now=now,
+                cap=cap_values(stated.get(c.situation, {})),
             )
             for c in detection.changes
         ]

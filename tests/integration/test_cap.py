@@ -105,6 +105,15 @@ HISTORY = [
         scale="cap-severity",
         status=Status.CANCELLED,
     ),
+    event(
+        12,
+        EventType.LISTED,
+        CAP_SEVERITY_SCALE.levels[3],
+        None,
+        situation="cap:g",
+        scale="cap-severity",
+        cap={"urgency": "Immediate", "certainty": "Observed"},
+    ),  # a CAP source that stated its urgency and certainty
 ]
 PROFILE = CapProfile(
     base_url="https://alerts.example.org",
@@ -250,7 +259,9 @@ async def test_the_atom_index_links_every_alert_newest_first(
     assert self_link.get("href") == "https://alerts.example.org/feeds/cap.atom"
     entries = feed.findall(f"{ATOM}entry")
     ids = [e.findtext(f"{ATOM}id") or "" for e in entries]
-    assert [i.rsplit(":", 1)[1] for i in ids] == [f"evt_{n:04d}" for n in range(11, 0, -1)]
+    assert [i.rsplit(":", 1)[1] for i in ids] == [
+        f"evt_{n:04d}" for n in range(len(HISTORY), 0, -1)
+    ]
     for entry in entries:
         for required in ("id", "title", "updated"):
             assert entry.findtext(ATOM + required), required
@@ -304,3 +315,15 @@ async def test_warnsvcs_own_cap_source_reads_the_alerts_back(
         "evt_0009": (None, Status.SEVERITY_UNKNOWN),
         "evt_0011": ("severe", Status.CANCELLED),  # evt_0010's alert, cancelled by its source
     }
+
+
+async def test_a_cap_sources_own_urgency_and_certainty_go_out_as_they_came_in(
+    client: TestClient[Any, Any],
+) -> None:
+    alert = await fetch_alert(client, "evt_0012")
+    assert value(alert, "cap:info/cap:urgency") == "Immediate"
+    assert value(alert, "cap:info/cap:certainty") == "Observed"
+    assert value(alert, "cap:info/cap:severity") == "Extreme"  # the level, on its scale
+    schema().assertValid(alert)
+    plain = await fetch_alert(client, "evt_0010")  # stated nothing: the mapping's words
+    assert value(plain, "cap:info/cap:urgency") not in (None, "Immediate")

@@ -264,6 +264,10 @@ async def test_cap_alert_update_and_cancel(alerts: Components, site: Site):
         (EventType.LISTED, "alerts:b1"),
         (EventType.ESCALATED, "alerts:a1"),
     }
+    # the source's own CAP words travel with the event, for warnsvc's CAP output
+    assert [e.payload()["cap"] for e in escalated.events] == [
+        {"urgency": "Expected", "certainty": "Likely"}
+    ] * 2
 
     site.set(
         "/cap/a1-u2.xml",

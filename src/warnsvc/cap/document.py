@@ -36,7 +36,7 @@ from lxml import etree
 
 from warnsvc.cap.mapping import CapValues, level_values
 from warnsvc.cap.profile import CapProfile
-from warnsvc.model import EventType, Level, Scale, Status
+from warnsvc.model import CAP_CERTAINTY, CAP_URGENCY, EventType, Level, Scale, Status
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -181,9 +181,21 @@ def cap_values(payload: Mapping[str, Any], profile: CapProfile) -> CapValues:
     scale = profile.scales.get(_text(payload.get("scale")))
     level = _level(payload.get("level"), scale)
     values = level_values(scale, level, profile.overrides)
+    stated = _mapping(payload.get("cap"))  # a CAP source's own words win over the mapping
+    if stated:
+        values = CapValues(
+            urgency=_stated(stated, "urgency", CAP_URGENCY) or values.urgency,
+            severity=values.severity,
+            certainty=_stated(stated, "certainty", CAP_CERTAINTY) or values.certainty,
+        )
     if _status(payload) in _ENDED:
         values = CapValues(urgency="Past", severity=values.severity, certainty=values.certainty)
     return values
+
+
+def _stated(stated: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str | None:
+    value = stated.get(key)
+    return value if isinstance(value, str) and value in allowed else None
 
 
 def _status(payload: Mapping[str, Any]) -> Status | None:
