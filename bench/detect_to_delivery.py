@@ -33,7 +33,6 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,7 @@ import aiohttp
 
 from warnsvc.config import parse_config
 from warnsvc.service import build_components
-from warnsvc.store import schema
-from warnsvc.store.webhooks import generate_secret
-from webhook_fanout import _database, _free_port
+from webhook_fanout import _database, _free_port, add_endpoints
 
 LEVELS = ("Serious Concern", "Imminent Risk", "Current Crisis")
 
@@ -177,25 +174,7 @@ async def _warnsvc(
     latencies: list[float] = []
     firsts: list[float] = []
     try:
-        now = datetime.now(UTC)
-        rows = [
-            {
-                "id": f"ep_{n:08d}",
-                "partner_id": "bench",
-                "url": f"{hook_base}/hook/{n}",
-                "description": "",
-                "enabled": True,
-                "static": False,
-                "filters": {},
-                "secret": generate_secret(),
-                "consecutive_failures": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for n in range(endpoints)
-        ]
-        async with parts.store.engine.begin() as conn:
-            await conn.execute(schema.webhook_endpoints.insert(), rows)
+        await add_endpoints(parts, hook_base, endpoints)
 
         async def poll() -> int:
             report = await parts.poller.poll("watch")

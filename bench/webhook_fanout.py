@@ -74,6 +74,30 @@ def _serve(port: int, count: Any, ready: Any) -> None:  # runs in the child proc
     asyncio.run(main())
 
 
+async def add_endpoints(parts: Components, base: str, count: int) -> None:
+    """Register ``count`` endpoints ``{base}/hook/<n>``, each with its own secret."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": f"ep_{n:08d}",
+            "partner_id": "bench",
+            "url": f"{base}/hook/{n}",
+            "description": "",
+            "enabled": True,
+            "static": False,
+            "filters": {},
+            "secret": generate_secret(),
+            "consecutive_failures": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for n in range(count)
+    ]
+    async with parts.store.engine.begin() as conn:
+        for start in range(0, len(rows), 5000):
+            await conn.execute(schema.webhook_endpoints.insert(), rows[start : start + 5000])
+
+
 def _event() -> Event:
     now = datetime.now(UTC)
     return Event(
@@ -185,26 +209,7 @@ async def warnsvc_run(
     go, results = context.Event(), context.Queue()
     children = []
     try:
-        now = datetime.now(UTC)
-        rows = [
-            {
-                "id": f"ep_{n:08d}",
-                "partner_id": "bench",
-                "url": f"{base}/hook/{n}",
-                "description": "",
-                "enabled": True,
-                "static": False,
-                "filters": {},
-                "secret": generate_secret(),
-                "consecutive_failures": 0,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for n in range(endpoints)
-        ]
-        async with parts.store.engine.begin() as conn:
-            for start in range(0, len(rows), 5000):
-                await conn.execute(schema.webhook_endpoints.insert(), rows[start : start + 5000])
+        await add_endpoints(parts, base, endpoints)
         for _ in range(replicas - 1):
             ready = context.Event()
             child = context.Process(target=_replica, args=(text, ready, go, results), daemon=True)
