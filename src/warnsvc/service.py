@@ -56,6 +56,7 @@ from warnsvc.webhook_wiring import Webhooks, build_webhooks
 
 if TYPE_CHECKING:
     from warnsvc.mail.wiring import EmailParts
+    from warnsvc.web.pages import Site
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ class Service:
         self._background: set[asyncio.Task[bool]] = set()
         self._dead_letters_checked = 0.0
         self.webhook_api: WebhookApi | None = None
+        self.site: Site | None = None
         self.cluster: Cluster | None = None
         self._cluster_task: asyncio.Task[None] | None = None
         self._failures: dict[str, int] = {}
@@ -551,7 +553,7 @@ class Service:
             title=self.settings.feeds.title,
             metrics=self.metrics,
             role=lambda: "leader" if self.leading else "follower",
-            routes=self._cap_routes(),
+            routes=[*self._cap_routes(), *self._page_routes()],
         )
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
@@ -559,6 +561,10 @@ class Service:
             app.add_subapp("/api/v1", make_api(api))
         if self.parts is not None and self.parts.email is not None:
             self.parts.email.add_routes(app)
+            if self.site is not None:
+                from warnsvc.web.subscriptions import FORM_CHOICES
+
+                app[FORM_CHOICES] = self.site.form_choices
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, http.host, http.port)
@@ -587,6 +593,22 @@ class Service:
         if self.parts is None:
             return []
         return CapPages(self.parts.store, lambda: profile_from_settings(self.settings)).routes()
+
+    def _page_routes(self) -> list[web.RouteDef]:
+        """The public pages (``/``, ``/situations/{id}``, feeds in a browser)."""
+        from warnsvc.web.pages import Site
+
+        if self.parts is None:
+            return []
+        email = self.parts.email
+        self.site = Site(
+            store=self.parts.store,
+            settings=lambda: self.settings,
+            feeds_dir=self.settings.feeds.dir,
+            next_polls=self._next_polls,
+            signup=lambda: email is not None and email.settings.signup.enabled,
+        )
+        return self.site.routes()
 
     async def readiness(self, replica_only: bool = False) -> tuple[bool, dict[str, Any]]:
         """The checks of ``/readyz``; ``replica_only`` leaves out the sources' health, which

@@ -155,7 +155,9 @@ def make_app(
     app[FEEDS_DIR] = feeds_dir
     app[READINESS] = readiness
     app[TITLE] = title
-    app.router.add_get("/", index)
+    routes = list(routes)
+    if not any(getattr(route, "path", None) == "/" for route in routes):  # else the pages' own
+        app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if metrics is not None:

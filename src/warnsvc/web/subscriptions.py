@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -41,8 +41,16 @@ from warnsvc.model import Scale
 from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.subscriptions import SubscriberStore
 from warnsvc.web.app import json_error
+from warnsvc.web.security import html_headers
 
-__all__ = ["MAX_BODY", "SubscriptionPages", "SubscriptionRequest", "add_subscription_routes"]
+__all__ = [
+    "FORM_CHOICES",
+    "MAX_BODY",
+    "FormChoices",
+    "SubscriptionPages",
+    "SubscriptionRequest",
+    "add_subscription_routes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +125,12 @@ class SubscriptionPages:
     """Called after a confirmation mail is queued (wakes the email worker)."""
 
 
+FormChoices = Callable[[], Awaitable[tuple[Sequence[tuple[str, str]], Collection[str]]]]
+"""What the form offers: the known situations (id, name), by name, and the ids of the scales
+whose levels to offer (those enabled sources use). Without it: every level, situations by id."""
+
 _PAGES: web.AppKey[SubscriptionPages] = web.AppKey("subscription_pages")
+FORM_CHOICES: web.AppKey[FormChoices] = web.AppKey("subscription_form_choices")
 _LIMITER: web.AppKey[RateLimit] = web.AppKey("subscription_limiter")
 _LOCK: web.AppKey[asyncio.Lock] = web.AppKey("subscription_lock")
 
@@ -261,19 +274,33 @@ async def api_subscribe(request: web.Request) -> web.Response:
 def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     pages = request.app[_PAGES]
     text = pages.templates.render(
-        f"pages/{template}", {"service_name": pages.service_name, **context}
+        f"pages/{template}",
+        {"service_name": pages.service_name, "signup": pages.signup, **context},
     )
     response = web.Response(text=text, status=status, content_type="text/html")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"  # tokens stay out of Referer headers
-    response.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    html_headers(response, private=True)  # no-store; tokens stay out of Referer headers
     return response
 
 
-def _form_context(pages: SubscriptionPages, values: Mapping[str, Any]) -> dict[str, Any]:
+async def _choices(
+    request: web.Request,
+) -> tuple[Sequence[tuple[str, str]], Collection[str] | None]:
+    provider = request.app.get(FORM_CHOICES)
+    if provider is None:
+        return (), None
+    return await provider()
+
+
+def _form_context(
+    pages: SubscriptionPages,
+    values: Mapping[str, Any],
+    choices: tuple[Sequence[tuple[str, str]], Collection[str] | None] = ((), None),
+) -> dict[str, Any]:
+    situations, used = choices
+    scales = [s for s in pages.scales.values() if used is None or s.id in used]
     levels = [
         {"id": lv.id, "name": lv.name, "scale": scale.name}
-        for scale in pages.scales.values()
+        for scale in scales
         for lv in scale.levels
     ]
     sources = [{"id": sid, "name": name} for sid, name in pages.sources.items()]
@@ -284,11 +311,14 @@ def _form_context(pages: SubscriptionPages, values: Mapping[str, Any]) -> dict[s
         "sources": sources,
         "event_types": list(_EVENT_LABELS.items()),
         "digest_time": f"{pages.digest_hour:02d}:00 UTC",
+        "situation_choices": list(situations),
+        "show_scales": len(scales) > 1,
         "values": {
             "address": "",
             "name": "",
             "min_level": "",
             "situations": "",
+            "situations_list": [],
             "mode": "immediate",
             "sources_list": [],
             "event_types_list": [],
@@ -298,7 +328,12 @@ def _form_context(pages: SubscriptionPages, values: Mapping[str, Any]) -> dict[s
 
 
 async def form_page(request: web.Request) -> web.Response:
-    return _page(request, "subscribe.html", **_form_context(request.app[_PAGES], {}))
+    """The form; ``?situation=ID`` (repeatable) ticks those situations."""
+    chosen = request.query.getall("situation", [])[:100]
+    context = _form_context(
+        request.app[_PAGES], {"situations_list": chosen}, await _choices(request)
+    )
+    return _page(request, "subscribe.html", **context)
 
 
 async def form_subscribe(request: web.Request) -> web.Response:
@@ -329,8 +364,12 @@ async def form_subscribe(request: web.Request) -> web.Response:
         }
         subscription = _validate(data, pages)
     except FieldError as exc:
-        values = {"address": data.get("address", ""), "name": data.get("name") or ""}
-        context = _form_context(pages, values)
+        values = {
+            "address": data.get("address", ""),
+            "name": data.get("name") or "",
+            "situations_list": data.get("situations", []),
+        }
+        context = _form_context(pages, values, await _choices(request))
         context["error"] = f"{exc.field}: {exc.message}"
         return _page(request, "subscribe.html", 400, **context)
     await _submit(request, subscription)
