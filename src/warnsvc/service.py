@@ -252,7 +252,8 @@ class Service:
         return self.cluster is not None and self.cluster.leading
 
     async def start(self) -> None:
-        if self.migrate_apart:
+        if self.migrate_apart:  # the long-running process, before the database's threads
+            _share_malloc_arenas()
             await _migrate_apart(self.settings.storage.url)
         self.parts = await build_components(self.settings)
         await self._start_web()  # first: a port in use fails at once, before any work
@@ -755,6 +756,25 @@ class Service:
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
             await self.stop()
+
+
+MALLOC_ARENAS = 2
+"""How many malloc arenas the threads of ``warnsvc run`` share (glibc's ``M_ARENA_MAX``)."""
+_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's <malloc.h>
+
+
+def _share_malloc_arenas() -> None:
+    """Have the database's threads share :data:`MALLOC_ARENAS` malloc arenas.
+
+    glibc gives each thread that allocates an arena of its own (up to eight per core), and
+    every arena keeps pages its thread freed: with a connection pool of SQLite threads that is
+    up to a megabyte held for nothing between polls. The threads spend their time in SQLite,
+    not in malloc, so sharing costs no measurable time. Without glibc this does nothing.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def _release_memory() -> None:
