@@ -3,7 +3,8 @@
 #               config/warnsvc.yaml
 #   make test   add the dev tools to .venv, then lint, type-check and run every test
 # Only Python 3.11+ and make are needed: make test installs the PostgreSQL server binaries its
-# throw-away test server needs (scripts/ensure-postgres, docs/testing.md) when they are missing.
+# throw-away test server needs (scripts/ensure-postgres, docs/testing.md) when they are missing,
+# and the browser tests' Chromium and axe-core (scripts/ensure-chromium, scripts/ensure-axe).
 # Every install is pinned by constraints.txt, the lock file scripts/lock makes from
 # pyproject.toml (the Dockerfile installs with it too).
 
@@ -50,6 +51,8 @@ typecheck: $(DEV)
 
 pytest: $(DEV)
 	scripts/ensure-postgres
+	scripts/ensure-chromium
+	scripts/ensure-axe
 	$(BIN)/pytest
 
 bench: $(DEV)
