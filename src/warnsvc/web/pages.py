@@ -30,17 +30,19 @@ from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from warnsvc.config import Settings
 from warnsvc.model import Level, Scale, Status
 from warnsvc.store.db import SourceHealth, Store
 from warnsvc.web.app import feed_file
 from warnsvc.web.security import html_headers
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 __all__ = ["Site", "ago", "chart", "level_tone", "render_page"]
 
@@ -63,6 +65,10 @@ _EVENT_WORDS = {
 
 @cache
 def _environment() -> Environment:
+    """The page templates, loaded with the first page served: a service nobody browses keeps
+    no template engine in memory."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
     return Environment(
         loader=PackageLoader("warnsvc", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=True),
