@@ -554,7 +554,7 @@ class Service:
             title=self.settings.feeds.title,
             metrics=self.metrics,
             role=lambda: "leader" if self.leading else "follower",
-            routes=[*self._cap_routes(), *self._page_routes()],
+            routes=[*self._cap_routes(), *self._page_routes(), *self._console_routes()],
         )
         if self.parts is not None and self.parts.webhooks is not None:
             api = self.parts.webhooks.api(self.parts.dispatcher.wake)
@@ -610,6 +610,52 @@ class Service:
             signup=lambda: email is not None and email.settings.signup.enabled,
         )
         return self.site.routes()
+
+    def _console_routes(self) -> list[web.RouteDef]:
+        """``/console``, when the environment has a console token."""
+        from warnsvc.web.console import Console, console_token
+
+        token = console_token()
+        parts = self.parts
+        if parts is None or token is None:
+            return []
+        return Console(
+            token=token,
+            store=parts.store,
+            settings=lambda: self.settings,
+            next_polls=self._next_polls,
+            poll_now=self.poll_now,
+            last_reload=lambda: self.last_reload,
+            publish=self._publish,
+            retract=self._retract,
+            wake=parts.dispatcher.wake,
+        ).routes()
+
+    def poll_now(self, source_id: str) -> str:
+        """Move a source's next poll to now (on the leader); what happened, in words."""
+        if not self.leading or self.scheduler is None:
+            return "this replica does not lead: ask again on the leader, which polls"
+        job = self.scheduler.get_job(f"poll:{source_id}")
+        if job is None:
+            return f"{source_id} is not scheduled (is it enabled?)"
+        self.scheduler.modify_job(job.id, next_run_time=_now())
+        return f"{source_id} is being polled now"
+
+    async def _publish(self, situation: str, level: str, note: str) -> str:
+        from warnsvc.manual import publish
+
+        assert self.parts is not None
+        event = await publish(self.parts, situation=situation, level=level, note=note, now=_now())
+        self.parts.dispatcher.wake()
+        return event.id
+
+    async def _retract(self, event_id: str, note: str) -> str:
+        from warnsvc.manual import retract
+
+        assert self.parts is not None
+        event = await retract(self.parts, event_id=event_id, note=note, now=_now())
+        self.parts.dispatcher.wake()
+        return event.id
 
     async def readiness(self, replica_only: bool = False) -> tuple[bool, dict[str, Any]]:
         """The checks of ``/readyz``; ``replica_only`` leaves out the sources' health, which

@@ -11,17 +11,22 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
+from sqlalchemy import update
 
 from tests.site_data import fill
 from tests.smtp_sink import Sink, free_port, start_sink
 from warnsvc.config import parse_config
+from warnsvc.model import new_event_id
 from warnsvc.service import Service
+from warnsvc.store import schema
 from warnsvc.store.db import Store
+from warnsvc.store.webhooks import WEBHOOKS_CHANNEL, test_event
 
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = (1280, 375)
@@ -47,6 +52,27 @@ class Running:
     service: Service
     base: str
     sink: Sink
+    dead_letter: int
+    """A webhook delivery to NGO A's endpoint that was dead-lettered."""
+    endpoint: str
+
+
+async def add_dead_letter(store: Store) -> tuple[str, int]:
+    """NGO A's endpoint and one of its deliveries, dead after eight answers of HTTP 500."""
+    now = datetime.now(UTC)
+    endpoint, _ = await store.endpoints.create(
+        url="http://127.0.0.1:9/hook", partner_id="ngo-a", description="Field office", now=now
+    )
+    event = test_event(service="Atrocity alerts", now=now, event_id=new_event_id(now))
+    (delivery,) = await store.record_event(event, {WEBHOOKS_CHANNEL: [endpoint.id]})
+    outbox = schema.outbox
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.id == delivery)
+            .values(status="dead", attempts=8, last_status=500, last_error="HTTP 500")
+        )
+    return endpoint.id, delivery
 
 
 @pytest.fixture
@@ -75,6 +101,7 @@ async def running(
     url = f"sqlite+aiosqlite:///{tmp_path}/warnsvc.db"
     store = await Store.open(url)
     await fill(store)
+    endpoint, dead_letter = await add_dead_letter(store)
     await store.close()
     text = f"""
 service:
@@ -101,7 +128,7 @@ webhooks:
     service = Service(parse_config(text, filename="browser.yaml"))
     await service.start()
     try:
-        yield Running(service, f"http://127.0.0.1:{port}", sink)
+        yield Running(service, f"http://127.0.0.1:{port}", sink, dead_letter, endpoint)
     finally:
         await service.stop()
 
