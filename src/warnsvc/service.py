@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+IDLE_TRIM_DELAY = 1.0
+"""Seconds after the last running poll ends before its freed memory is handed back."""
+
 RETRY_FIRST = 60.0
 """Seconds before the first retry of a failed poll; each further failure doubles it, up to the
 source's interval (a failing source is retried within minutes, not after hours)."""
@@ -246,6 +249,8 @@ class Service:
         """Failed polls in a row, by source, for the retry backoff."""
         self._stopping = False
         self._serving = False
+        self._polls_running = 0
+        self._trim: asyncio.TimerHandle | None = None
 
     @property
     def leading(self) -> bool:
@@ -470,6 +475,7 @@ class Service:
             return PollReport(source_id=source_id, ok=False, error="source removed")
         if not self.leading:  # the lead was lost as this job fired
             return PollReport(source_id=source_id, ok=False, error="not the leader")
+        self._polls_running += 1
         try:
             report = await self.parts.poller.poll(source_id)
         except asyncio.CancelledError:
@@ -498,6 +504,9 @@ class Service:
                 extra={"action": "poll_crashed", "source": source_id},
             )
             raise
+        finally:
+            self._polls_running -= 1
+            self._release_memory_when_idle()
         self._retry_soon_if_failed(report)
         if report.events:
             self.parts.dispatcher.wake()
@@ -520,6 +529,18 @@ class Service:
                 extra={"action": "confirmation_scheduled", "source": source_id},
             )
         return report
+
+    def _release_memory_when_idle(self) -> None:
+        """Once no poll runs any more, give the memory the polls freed back to the system, a
+        second later (polls ending together share one trim). Only ``warnsvc run`` does."""
+        if not self.migrate_apart or self._polls_running or self._trim is not None:
+            return
+
+        def trim() -> None:
+            self._trim = None
+            _trim_malloc()
+
+        self._trim = asyncio.get_running_loop().call_later(IDLE_TRIM_DELAY, trim)
 
     def _retry_soon_if_failed(self, report: PollReport) -> None:
         """A failed poll is tried again after a backoff (about a minute, doubling up to the
@@ -745,6 +766,9 @@ class Service:
                 await self._cluster_task
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self.parts is not None:
             self.parts.dispatcher.stop()
         if self._dispatch_task is not None:
@@ -826,11 +850,18 @@ def _share_malloc_arenas() -> None:
 def _release_memory() -> None:
     """Collect start-up's garbage (parsed config, compiled schemas) and give the freed pages
     back to the system, where the C library allows it (glibc's ``malloc_trim``)."""
-    import ctypes
     import gc
 
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+    _trim_malloc()
+
+
+def _trim_malloc() -> None:
+    """Give the pages malloc holds free back to the system (glibc's ``malloc_trim``); a few
+    milliseconds. Without glibc this does nothing."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)
 
 
