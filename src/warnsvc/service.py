@@ -569,18 +569,23 @@ class Service:
 
     async def _start_web(self) -> None:
         http = self.settings.service.http
+        if self.parts is not None and self.parts.webhooks is not None:
+            self.webhook_api = self.parts.webhooks.api(self.parts.dispatcher.wake)
         app = make_app(
             feeds_dir=self.settings.feeds.dir,
             readiness=self.readiness,
             title=self.settings.feeds.title,
             metrics=self.metrics,
             role=lambda: "leader" if self.leading else "follower",
-            routes=[*self._cap_routes(), *self._page_routes(), *self._console_routes()],
+            routes=[
+                *self._cap_routes(),
+                *self._page_routes(),
+                *self._console_routes(),
+                *self._portal_routes(),
+            ],
         )
-        if self.parts is not None and self.parts.webhooks is not None:
-            api = self.parts.webhooks.api(self.parts.dispatcher.wake)
-            self.webhook_api = api
-            app.add_subapp("/api/v1", make_api(api))
+        if self.webhook_api is not None:
+            app.add_subapp("/api/v1", make_api(self.webhook_api))
         if self.parts is not None and self.parts.email is not None:
             self.parts.email.add_routes(app)
             if self.site is not None:
@@ -651,6 +656,17 @@ class Service:
             retract=self._retract,
             wake=parts.dispatcher.wake,
         ).routes()
+
+    def _portal_routes(self) -> list[web.RouteDef]:
+        """``/partners``, when the service has webhooks (and so the partner API)."""
+        from warnsvc.web.portal import Portal, portal_secret
+
+        if self.webhook_api is None:
+            return []
+        portal = Portal(
+            api=self.webhook_api, settings=lambda: self.settings, secret=portal_secret()
+        )
+        return portal.routes()
 
     def poll_now(self, source_id: str) -> str:
         """Move a source's next poll to now (on the leader); what happened, in words."""

@@ -274,15 +274,65 @@ class WebhookApi:
             raise _validation_error(exc) from None
 
     async def owned(self, request: web.Request, *, change: bool = False) -> Endpoint:
-        endpoint_id = request.match_info["endpoint_id"]
+        return await self.find(
+            self.partner(request), request.match_info["endpoint_id"], change=change
+        )
+
+    # -- operations (the handlers and the partner portal share them) -------------------------
+
+    async def find(self, partner: Partner, endpoint_id: str, *, change: bool = False) -> Endpoint:
+        """``partner``'s endpoint (404 for anyone else's); ``change``: refuse (409) one the
+        configuration declares."""
         endpoint = await self.endpoints.get(endpoint_id)
-        if endpoint is None or endpoint.partner_id != self.partner(request).id:
+        if endpoint is None or endpoint.partner_id != partner.id:
             raise ApiError(404, f"no endpoint {endpoint_id!r}")
-        if change and endpoint.static:
+        if change:
+            self.changeable(endpoint)
+        return endpoint
+
+    @staticmethod
+    def changeable(endpoint: Endpoint) -> None:
+        """Refuse (409) to change an endpoint the service's configuration declares."""
+        if endpoint.static:
             raise ApiError(
                 409, "this endpoint is declared in the service's configuration; ask the operator"
             )
-        return endpoint
+
+    async def rotate(self, endpoint: Endpoint) -> tuple[Endpoint, str]:
+        """A new secret for ``endpoint``; the old one keeps signing for ``secret_grace``
+        seconds."""
+        self.changeable(endpoint)
+        rotated = await self.endpoints.rotate(endpoint.id, grace=self.secret_grace, now=_now())
+        if rotated is None:
+            raise ApiError(404, f"no endpoint {endpoint.id!r}")
+        return rotated
+
+    async def test(self, endpoint: Endpoint) -> tuple[str, int]:
+        """Queue a ``webhook.test`` event to ``endpoint``: its event id and delivery id."""
+        if not endpoint.enabled:
+            raise ApiError(409, "the endpoint is disabled; enable it first")
+        now = _now()
+        event = test_event(service=self.service_name, now=now, event_id=new_event_id(now))
+        (delivery_id,) = await self.store.record_event(event, {WEBHOOKS_CHANNEL: [endpoint.id]})
+        self.wake()
+        return event.id, delivery_id
+
+    async def redeliver(self, endpoint: Endpoint, delivery_id: int, *, raw: str) -> None:
+        """Queue one delivered or dead delivery of ``endpoint`` again (``raw``: its id as sent)."""
+        if await self.endpoints.delivery_endpoint(delivery_id) != endpoint.id:
+            raise ApiError(404, f"no delivery {raw!r} for this endpoint")
+        if not await self.endpoints.redeliver(endpoint.id, delivery_id, now=_now()):
+            raise ApiError(409, "the delivery is still pending or in flight")
+        self.wake()
+
+    async def redeliver_since(self, endpoint: Endpoint, since: datetime) -> int:
+        """Queue again every delivery of ``endpoint`` dead-lettered since ``since``."""
+        count = await self.endpoints.redeliver_dead(
+            endpoint.id, since=since.astimezone(UTC), now=_now()
+        )
+        if count:
+            self.wake()
+        return count
 
     async def check_url(self, url: str) -> None:
         try:
@@ -357,22 +407,14 @@ class WebhookApi:
     async def rotate_secret(self, request: web.Request) -> web.Response:
         endpoint = await self.owned(request, change=True)
         await self.body(request, EmptyBody)
-        rotated = await self.endpoints.rotate(endpoint.id, grace=self.secret_grace, now=_now())
-        if rotated is None:
-            raise ApiError(404, f"no endpoint {endpoint.id!r}")
-        updated, secret = rotated
+        updated, secret = await self.rotate(endpoint)
         return web.json_response({**updated.to_json(), "secret": secret})
 
     async def send_test(self, request: web.Request) -> web.Response:
         endpoint = await self.owned(request)
         await self.body(request, EmptyBody)
-        if not endpoint.enabled:
-            raise ApiError(409, "the endpoint is disabled; enable it first")
-        now = _now()
-        event = test_event(service=self.service_name, now=now, event_id=new_event_id(now))
-        (delivery_id,) = await self.store.record_event(event, {WEBHOOKS_CHANNEL: [endpoint.id]})
-        self.wake()
-        return web.json_response({"event_id": event.id, "delivery_id": delivery_id}, status=202)
+        event_id, delivery_id = await self.test(endpoint)
+        return web.json_response({"event_id": event_id, "delivery_id": delivery_id}, status=202)
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         endpoint = await self.owned(request)
@@ -401,21 +443,13 @@ class WebhookApi:
         raw = request.match_info["delivery_id"]
         delivery_id = _int_param(raw, "delivery_id", default=None, low=1, high=2**62)
         assert delivery_id is not None
-        if await self.endpoints.delivery_endpoint(delivery_id) != endpoint.id:
-            raise ApiError(404, f"no delivery {raw!r} for this endpoint")
-        if not await self.endpoints.redeliver(endpoint.id, delivery_id, now=_now()):
-            raise ApiError(409, "the delivery is still pending or in flight")
-        self.wake()
+        await self.redeliver(endpoint, delivery_id, raw=raw)
         return web.json_response({"queued": 1}, status=202)
 
     async def redeliver_dead(self, request: web.Request) -> web.Response:
         endpoint = await self.owned(request)
         body = await self.body(request, RedeliverBody)
-        count = await self.endpoints.redeliver_dead(
-            endpoint.id, since=body.since.astimezone(UTC), now=_now()
-        )
-        if count:
-            self.wake()
+        count = await self.redeliver_since(endpoint, body.since)
         return web.json_response({"queued": count}, status=202)
 
 

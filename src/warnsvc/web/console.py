@@ -35,7 +35,7 @@ from warnsvc.config import Settings
 from warnsvc.errors import WarnsvcError
 from warnsvc.store.db import Store
 from warnsvc.web.pages import ago, clean, render_page, stamp
-from warnsvc.web.security import LoginThrottle, Session, Sessions
+from warnsvc.web.security import Gate, Session, Sessions, see_other
 
 __all__ = ["TOKEN_VARIABLE", "Console", "console_token"]
 
@@ -86,7 +86,11 @@ class Console:
             key_for=lambda subject: key if subject == _OPERATOR else None,
             secure=secure,
         )
-        self.throttle = LoginThrottle()
+        self.gate = Gate(self.sessions, area="console", home="/console", refused=self._refused)
+
+    def _refused(self, message: str, status: int) -> web.Response:
+        context = self._context("Sign in", error=message)
+        return render_page("console_login.html", context, status=status, private=True)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -110,57 +114,27 @@ class Console:
         }
 
     async def _form(self, request: web.Request) -> tuple[Session, Mapping[str, Any]]:
-        session = self.sessions.read(request)
-        if session is None:
-            raise web.HTTPSeeOther("/console")
-        form = await request.post()
-        self.sessions.check_csrf(request, session, form.get("csrf"))
-        return session, form
+        return await self.gate.form(request)
 
     @staticmethod
     def _back(message: str, *, error: bool = False) -> web.Response:
         """Back to the console (303), which shows ``message``."""
         kind = "error" if error else "done"
-        return _see_other(f"/console?{kind}={quote(message[:300])}")
+        return see_other(f"/console?{kind}={quote(message[:300])}")
 
     # -- sign in and out -------------------------------------------------------------------
 
     async def login(self, request: web.Request) -> web.Response:
-        client = request.remote or "unknown"
-        wait = self.throttle.wait(client)
-        if wait > 0:
-            response = render_page(
-                "console_login.html",
-                self._context("Sign in", error="Too many failed attempts. Try again later."),
-                status=429,
-                private=True,
-            )
-            response.headers["Retry-After"] = str(int(wait) + 1)
-            return response
-        form = await request.post()
-        sent = form.get("token")
-        given = sent.encode() if isinstance(sent, str) else b""
-        if not hmac.compare_digest(
-            hashlib.sha256(given).digest(), hashlib.sha256(self.token.encode()).digest()
-        ):
-            self.throttle.failed(client)
-            log.warning(
-                "console sign-in refused",
-                extra={"action": "console_login_failed", "client": client},
-            )
-            context = self._context("Sign in", error="That token is not right.")
-            return render_page("console_login.html", context, status=403, private=True)
-        self.throttle.succeeded(client)
-        response = _see_other("/console")
-        self.sessions.start(response, _OPERATOR)
-        log.info("console sign-in", extra={"action": "console_login", "client": client})
-        return response
+        expected = hashlib.sha256(self.token.encode()).digest()
+
+        def operator(sent: str) -> str | None:
+            given = hashlib.sha256(sent.encode()).digest()
+            return _OPERATOR if hmac.compare_digest(given, expected) else None
+
+        return await self.gate.sign_in(request, "token", operator, wrong="That token is not right.")
 
     async def logout(self, request: web.Request) -> web.Response:
-        await self._form(request)
-        response = _see_other("/console")
-        self.sessions.end(response)
-        return response
+        return await self.gate.sign_out(request)
 
     # -- the console -----------------------------------------------------------------------
 
@@ -329,9 +303,3 @@ class Console:
         except WarnsvcError as exc:
             return self._back(str(exc), error=True)
         return self._back(f"retracted {event_id} with {correction}")
-
-
-def _see_other(location: str) -> web.Response:
-    response = web.Response(status=303, headers={"Location": location})
-    response.headers["Cache-Control"] = "no-store"
-    return response

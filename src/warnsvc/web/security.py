@@ -12,6 +12,7 @@
   match (compared in constant time) is refused with 403, as is one whose ``Origin`` names
   another site.
 - :class:`LoginThrottle`: a few failed sign-ins per client address, then 429 for a while.
+- :class:`Gate`: the sign-in, sign-out and form handling an area (console, portal) builds on.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,12 +34,16 @@ from aiohttp import web
 
 __all__ = [
     "CSP",
+    "Gate",
     "LoginThrottle",
     "Session",
     "Sessions",
     "html_headers",
     "same_origin",
+    "see_other",
 ]
+
+log = logging.getLogger(__name__)
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -211,3 +217,87 @@ class LoginThrottle:
 
     def succeeded(self, client: str) -> None:
         self._seen.pop(client, None)
+
+
+def see_other(location: str) -> web.Response:
+    """A 303 to ``location`` that nobody stores."""
+    response = web.Response(status=303, headers={"Location": location})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+class Gate:
+    """Signing in and out of one area (``area``: console, portal) and reading its forms.
+
+    ``refused(message, status)`` renders the area's sign-in page with ``message``. Secrets
+    presented are never logged; the throttle counts failures per client address.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        *,
+        area: str,
+        home: str,
+        refused: Callable[[str, int], web.Response],
+        throttle: LoginThrottle | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.area = area
+        self.home = home
+        self.refused = refused
+        self.throttle = throttle or LoginThrottle()
+
+    async def sign_in(
+        self,
+        request: web.Request,
+        field: str,
+        subject_of: Callable[[str], str | None],
+        *,
+        wrong: str,
+    ) -> web.Response:
+        """Sign in whoever the form's ``field`` names (``subject_of`` compares it in constant
+        time and gives the subject, or None); refused with 403 saying ``wrong``, or 429 while
+        throttled."""
+        client = request.remote or "unknown"
+        wait = self.throttle.wait(client)
+        if wait > 0:
+            response = self.refused("Too many failed attempts. Try again later.", 429)
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
+        form = await request.post()
+        sent = form.get(field)
+        subject = subject_of(sent) if isinstance(sent, str) and sent else None
+        if subject is None:
+            self.throttle.failed(client)
+            log.warning(
+                "%s sign-in refused",
+                self.area,
+                extra={"action": f"{self.area}_login_failed", "client": client},
+            )
+            return self.refused(wrong, 403)
+        self.throttle.succeeded(client)
+        response = see_other(self.home)
+        self.sessions.start(response, subject)
+        log.info(
+            "%s sign-in",
+            self.area,
+            extra={"action": f"{self.area}_login", "client": client, "subject": subject},
+        )
+        return response
+
+    async def form(self, request: web.Request) -> tuple[Session, Mapping[str, Any]]:
+        """The session and the posted form of an action; no session sends the browser to the
+        sign-in page (303), a missing or wrong CSRF token is a 403."""
+        session = self.sessions.read(request)
+        if session is None:
+            raise web.HTTPSeeOther(self.home)
+        form = await request.post()
+        self.sessions.check_csrf(request, session, form.get("csrf"))
+        return session, form
+
+    async def sign_out(self, request: web.Request) -> web.Response:
+        await self.form(request)
+        response = see_other(self.home)
+        self.sessions.end(response)
+        return response
