@@ -118,6 +118,10 @@ async def test_a_wrong_key_is_refused_and_the_right_one_sets_a_strict_cookie(
     wrong = await client.post("/partners/login", data={"api_key": KEY_A + "x"})
     assert wrong.status == 403 and "That API key is not right." in await wrong.text()
     assert "Set-Cookie" not in wrong.headers
+    elsewhere = await client.post(
+        "/partners/login", data={"api_key": KEY_A}, headers={"Origin": "https://evil.example"}
+    )
+    assert elsewhere.status == 403 and "Set-Cookie" not in elsewhere.headers
     right = await client.post("/partners/login", data={"api_key": KEY_A}, allow_redirects=False)
     assert right.status == 303 and right.headers["Cache-Control"] == "no-store"
     cookie = right.headers["Set-Cookie"]

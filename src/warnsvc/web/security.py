@@ -6,11 +6,11 @@
 - :class:`Sessions`: a signed, expiring session cookie (HttpOnly, ``SameSite=Strict``,
   ``Secure`` when ``service.base_url`` is https). The cookie holds who signed in, until when, and
   a random CSRF token; it is signed with HMAC-SHA256 under a key derived from the secret that
-  let them in (the console token, the partner's key digest), so it holds across replicas and
-  rotating that secret signs everyone out. No secret is ever put in the cookie.
+  let them in (the console token; the partner's key digest with the portal's server secret),
+  so changing that secret signs everyone out. No secret is ever put in the cookie.
 - CSRF: every form carries the session's token in a hidden field; a POST whose field does not
   match (compared in constant time) is refused with 403, as is one whose ``Origin`` names
-  another site.
+  another site (a sign-in form too).
 - :class:`LoginThrottle`: a few failed sign-ins per client address, then 429 for a while.
 - :class:`Gate`: the sign-in, sign-out and form handling an area (console, portal) builds on.
 """
@@ -265,6 +265,8 @@ class Gate:
             response = self.refused("Too many failed attempts. Try again later.", 429)
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
+        if not same_origin(request):
+            return self.refused("Sign in from this site's own page.", 403)
         form = await request.post()
         sent = form.get(field)
         subject = subject_of(sent) if isinstance(sent, str) and sent else None
