@@ -111,8 +111,9 @@ async def _list(endpoints: EndpointStore, *, as_json: bool) -> int:
 
 
 async def _add(endpoints: EndpointStore, settings: Settings, args: argparse.Namespace) -> int:
+    from warnsvc.filters import Filter
     from warnsvc.security.ssrf import UnsafeUrlError
-    from warnsvc.store.webhooks import Filters, refused_character
+    from warnsvc.store.webhooks import refused_character
     from warnsvc.webhook_wiring import level_ranks, make_guard
 
     partners = [p.id for p in settings.webhooks.partners]
@@ -142,7 +143,7 @@ async def _add(endpoints: EndpointStore, settings: Settings, args: argparse.Name
     except UnsafeUrlError as exc:
         _error(f"url {exc}")
         return EXIT_USAGE
-    filters = Filters(
+    filters = Filter(
         event_types=tuple(args.event_type),
         situations=tuple(args.situation),
         sources=tuple(args.source),

@@ -16,21 +16,22 @@ import aiohttp
 from warnsvc.channels.webhooks import DeliverySettings, WebhookChannel, make_webhook_session
 from warnsvc.config import Settings, WebhooksSettings
 from warnsvc.errors import ConfigError, ConfigProblem
+from warnsvc.filters import Filter, Levels
 from warnsvc.model import Scale
 from warnsvc.outbox import RetryPolicy
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter, hash_key
 from warnsvc.security.ssrf import Guard
 from warnsvc.store.db import Store
-from warnsvc.store.webhooks import Endpoint, EndpointStore, Filters
+from warnsvc.store.webhooks import Endpoint, EndpointStore
 from warnsvc.web.api import WebhookApi
 
 STATIC_PREFIX = "cfg_"
 """Endpoints declared in the YAML have the id ``cfg_<id>``; API-made ones ``ep_...``."""
 
 
-def level_ranks(scales: Mapping[str, Scale]) -> dict[str, tuple[str, int]]:
+def level_ranks(scales: Mapping[str, Scale]) -> Levels:
     """Every level id (unique across scales) -> (scale id, rank)."""
-    return {level.id: (scale.id, level.rank) for scale in scales.values() for level in scale.levels}
+    return Levels(scales)
 
 
 def make_guard(settings: WebhooksSettings) -> Guard:
@@ -83,7 +84,7 @@ def static_endpoints(
             where = f"webhooks.endpoints[{index}].filters.min_level"
             message = f"unknown level {level!r}; known levels: {', '.join(ranks)}"
             problems.append(ConfigProblem(file, None, where, message))
-        filters = Filters(
+        filters = Filter(
             event_types=tuple(declared.filters.event_types),
             situations=tuple(declared.filters.situations),
             sources=tuple(declared.filters.sources),
@@ -120,7 +121,7 @@ class Webhooks:
     session: aiohttp.ClientSession
     guard: Guard
     keys: KeyRing
-    ranks: dict[str, tuple[str, int]]
+    ranks: Levels
     service_name: str
 
     def api(self, wake: Callable[[], None]) -> WebhookApi:

@@ -21,7 +21,7 @@ from warnsvc.channels.email import (
     sender_from,
 )
 from warnsvc.dispatch import Dispatcher
-from warnsvc.mail.filters import Filters
+from warnsvc.filters import Filter as Filters
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.model import GCR2P_SCALE, Event, EventType, Level
 from warnsvc.outbox import RetryPolicy

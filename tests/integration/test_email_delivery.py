@@ -21,7 +21,7 @@ from tests.integration.email_harness import (
 )
 from tests.smtp_sink import Sink, free_port, make_certificate, server_tls_context, start_sink
 from warnsvc.channels.email import DIGEST_CHANNEL
-from warnsvc.mail.filters import Filters
+from warnsvc.filters import Filter as Filters
 from warnsvc.model import EventType
 from warnsvc.store import schema
 from warnsvc.store import subscriptions as mailstore

@@ -20,13 +20,14 @@ from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from warnsvc.errors import StoreConflictError, StoreUnavailableError
-from warnsvc.mail.filters import Filters as MailFilters
+from warnsvc.filters import Filter as Filters
+from warnsvc.filters import Filter as MailFilters
 from warnsvc.model import GCR2P_SCALE, Event, EventType, SituationState, Status
 from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, RetryDecision
 from warnsvc.store import schema
 from warnsvc.store.db import Store
 from warnsvc.store.replicas import Replica
-from warnsvc.store.webhooks import Endpoint, Filters
+from warnsvc.store.webhooks import Endpoint
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 NK = "gcr2p:nagorno-karabakh"

@@ -17,10 +17,11 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.integration.webhook_helpers import Receiver, make_event, make_settings
 from warnsvc.channels.webhooks import retry_after_seconds
+from warnsvc.filters import Filter as Filters
 from warnsvc.model import Event, EventType
 from warnsvc.service import Components, build_components
 from warnsvc.store import schema
-from warnsvc.store.webhooks import Filters, filters_of
+from warnsvc.store.webhooks import filters_of
 from warnsvc.web.api import event_schema
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from warnsvc.channels.base import Outcome
 from warnsvc.channels.email import EmailChannel, EmailOptions, Mailer, _Job, sender_from
+from warnsvc.filters import Filter as Filters
 from warnsvc.mail.compose import Envelope
-from warnsvc.mail.filters import Filters
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.outbox import Delivery
 from warnsvc.store import subscriptions as mailstore

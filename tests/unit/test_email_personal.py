@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from warnsvc.channels.email import EmailOptions, Mailer, sender_from
+from warnsvc.filters import Filter as Filters
 from warnsvc.mail import personal
 from warnsvc.mail.compose import Rendered, event_view, quoted_printable
-from warnsvc.mail.filters import Filters
 from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.store import subscriptions as mailstore

@@ -12,8 +12,8 @@ import pytest
 from warnsvc.addresses import check_name, normalize_address, parse_mailbox
 from warnsvc.config import parse_config
 from warnsvc.errors import ConfigError
+from warnsvc.filters import Filter as Filters
 from warnsvc.mail.compose import MailTemplates, Rendered, Sender, build_message, safe_url
-from warnsvc.mail.filters import Filters
 from warnsvc.mail.smtp import RateLimiter, SendError, classify
 from warnsvc.model import GCR2P_SCALE
 from warnsvc.store.subscriptions import digest_boundary

@@ -36,6 +36,7 @@ from urllib.parse import quote
 from warnsvc.addresses import format_mailbox
 from warnsvc.channels.base import Outcome
 from warnsvc.errors import StoreError
+from warnsvc.filters import Filter, Levels
 from warnsvc.mail.compose import (
     Envelope,
     MailTemplates,
@@ -44,7 +45,6 @@ from warnsvc.mail.compose import (
     build_message,
     event_view,
 )
-from warnsvc.mail.filters import Filters
 from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
 from warnsvc.mail.smtp import SendError, SmtpConfig, SmtpPool
 from warnsvc.model import Event, Scale
@@ -218,7 +218,7 @@ class Mailer:
             return f"a daily digest at {self.options.digest_hour:02d}:00 UTC"
         return "one mail per change, as it happens"
 
-    def filters_text(self, filters: Filters) -> str:
+    def filters_text(self, filters: Filter) -> str:
         parts = []
         if filters.min_level:
             name = self.options.level_names.get(filters.min_level, filters.min_level)
@@ -240,7 +240,7 @@ class Mailer:
             origin="self",
             status="active",
             mode="immediate",
-            filters=Filters(),
+            filters=Filter(),
             unsubscribe_token="token",
             hard_failures=0,
         )
@@ -366,6 +366,7 @@ class _SubscriberChannel:
         self.subscribers = subscribers
         self.mailer = mailer
         self.scales = scales
+        self.levels = Levels(scales)
         self.lease = mailer.options.batch_budget + mailer.options.smtp.timeout * 2 + 30
         self._aborted = False
         self._turn = asyncio.Lock()
@@ -378,13 +379,12 @@ class _SubscriberChannel:
         self._aborted = True
 
     async def _matching(self, routes: RouteContext, event: Event, mode: str) -> list[Any]:
-        payload = event.payload()
-        verdicts: dict[Filters, bool] = {}  # subscribers share filters: decide each once
+        verdicts: dict[Filter, bool] = {}  # subscribers share filters: decide each once
         matching = []
         for sub in await routes.active_subscribers(mode):
             verdict = verdicts.get(sub.filters)
             if verdict is None:
-                verdict = verdicts[sub.filters] = sub.filters.matches(payload, self.scales)
+                verdict = verdicts[sub.filters] = sub.filters.matches(event, self.levels)
             if verdict:
                 matching.append(sub)
         return matching

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from warnsvc.channels.base import Outcome
-from warnsvc.model import Event, EventType, Level, Scale, Status
+from warnsvc.filters import Levels
+from warnsvc.model import Event, EventType, Scale, Status
 from warnsvc.outbox import Delivery
 
 if TYPE_CHECKING:
@@ -440,37 +441,30 @@ def _situation_feeds(entries: list[_Entry], settings: FeedSettings) -> list[_Fee
     return feeds
 
 
-def _levels_by_id(scales: Mapping[str, Scale]) -> dict[str, list[tuple[Scale, Level]]]:
-    """Every level id of every scale, with the (scale, level) pairs that use it."""
-    by_id: dict[str, list[tuple[Scale, Level]]] = {}
-    for scale in scales.values():
-        for level in scale.levels:
-            by_id.setdefault(level.id, []).append((scale, level))
-    return by_id
-
-
-def _at_or_above(entry: _Entry, pairs: list[tuple[Scale, Level]]) -> bool:
-    return entry.top_rank is not None and any(
-        entry.scale == scale.id and entry.top_rank >= level.rank for scale, level in pairs
-    )
+def _at_or_above(entry: _Entry, level_id: str, levels: Levels) -> bool:
+    return levels.at_or_above(level_id, entry.scale, [entry.top_rank])
 
 
 def _level_feeds(
     entries: list[_Entry], scales: Mapping[str, Scale], settings: FeedSettings
 ) -> list[_Feed]:
     feeds = []
-    for level_id, pairs in sorted(_levels_by_id(scales).items()):
+    levels = Levels(scales)
+    for level_id in sorted(levels):
         if not _safe_file_stem(level_id):
             log.warning("feeds: no level feed for unsafe level id %r", level_id)
             continue
-        name = pairs[0][1].name
+        level = levels.level(level_id)
+        name = level.name if level is not None else level_id
         feeds.append(
             _Feed(
                 path=f"levels/{level_id}",
                 id=_feed_id(settings, f"level:{level_id}"),
                 title=_clean_line(f"{settings.title}: {name} and above"),
                 subtitle=f"Changes to or from {name} or a higher level",
-                entries=_limited([e for e in entries if _at_or_above(e, pairs)], settings),
+                entries=_limited(
+                    [e for e in entries if _at_or_above(e, level_id, levels)], settings
+                ),
             )
         )
     return feeds
@@ -751,8 +745,9 @@ def feed_paths(
     paths = ["alerts.atom", "alerts.rss", "alerts.json"]
     if _safe_file_stem(entry.situation):
         paths.append(f"situations/{entry.situation}.atom")
-    for level_id, pairs in sorted(_levels_by_id(scales).items()):
-        if _safe_file_stem(level_id) and _at_or_above(entry, pairs):
+    levels = Levels(scales)
+    for level_id in sorted(levels):
+        if _safe_file_stem(level_id) and _at_or_above(entry, level_id, levels):
             paths.append(f"levels/{level_id}.atom")
     return paths
 

@@ -54,6 +54,7 @@ from yarl import URL
 from warnsvc import __version__
 from warnsvc.channels.base import Outcome
 from warnsvc.errors import PermanentDeliveryError, TransientDeliveryError
+from warnsvc.filters import Levels
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import Delivery, RetryPolicy
 from warnsvc.security.ssrf import Guard, GuardedResolver, UnsafeAddressError, UnsafeUrlError
@@ -229,7 +230,7 @@ class WebhookChannel:
         *,
         settings: DeliverySettings,
         retry_policy: RetryPolicy,
-        ranks: Mapping[str, tuple[str, int]],
+        ranks: Levels,
         contacts: Mapping[str, str] | None = None,
     ) -> None:
         self.endpoints = endpoints

@@ -15,7 +15,7 @@ from warnsvc.channels.email import DigestChannel, EmailChannel, EmailOptions, Em
 from warnsvc.channels.email import sender_from as _sender_from
 from warnsvc.config import EmailSettings, Settings
 from warnsvc.errors import ConfigError, ConfigProblem
-from warnsvc.mail.filters import Filters
+from warnsvc.filters import Filter
 from warnsvc.mail.smtp import SmtpConfig
 from warnsvc.model import Scale
 from warnsvc.store import subscriptions as mailstore
@@ -107,7 +107,7 @@ class EmailParts:
                 address=s.address,
                 name=s.name,
                 mode=s.mode,
-                filters=Filters(
+                filters=Filter(
                     situations=tuple(s.situations),
                     sources=tuple(s.sources),
                     min_level=s.min_level,

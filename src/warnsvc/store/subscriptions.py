@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import RowMapping, String, and_, case, cast, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from warnsvc.mail.filters import Filters
+from warnsvc.filters import Filter
 from warnsvc.outbox import PENDING
 from warnsvc.store import schema
 from warnsvc.store.guard import store_errors
@@ -74,7 +74,7 @@ class Subscriber:
     origin: str
     status: str
     mode: str
-    filters: Filters
+    filters: Filter
     unsubscribe_token: str
     hard_failures: int
 
@@ -99,17 +99,17 @@ def _subscriber(row: RowMapping) -> Subscriber:
         origin=row["origin"],
         status=row["status"],
         mode=row["mode"],
-        filters=_filters(filters) if isinstance(filters, str) else Filters.from_json(filters),
+        filters=_filters(filters) if isinstance(filters, str) else Filter.from_json(filters),
         unsubscribe_token=row["unsubscribe_token"],
         hard_failures=row["hard_failures"],
     )
 
 
 @lru_cache(maxsize=1024)
-def _filters(text: str) -> Filters:
+def _filters(text: str) -> Filter:
     """Filters from their stored JSON; most subscribers share a few, so each is parsed once."""
     data = json.loads(text)
-    return Filters.from_json(data if isinstance(data, dict) else None)
+    return Filter.from_json(data if isinstance(data, dict) else None)
 
 
 # Lists read many subscribers: only the columns a Subscriber has, and the filters as stored
@@ -136,7 +136,7 @@ class Declared:
     address: str
     name: str | None
     mode: str
-    filters: Filters
+    filters: Filter
 
 
 # --------------------------------------------------------------------------- confirmations
@@ -156,7 +156,7 @@ class ConfirmationMail:
     address: str
     name: str | None
     mode: str
-    filters: Filters
+    filters: Filter
     token: str
     attempts: int
     expires_at: datetime
@@ -291,7 +291,7 @@ class SubscriberStore:
         address: str,
         name: str | None,
         mode: str,
-        filters: Filters,
+        filters: Filter,
         now: datetime,
         valid_for: float,
         resend_after: float,
@@ -383,7 +383,7 @@ class SubscriberStore:
                 address=r["address"],
                 name=r["name"],
                 mode=r["settings"].get("mode", IMMEDIATE),
-                filters=Filters.from_json(r["settings"].get("filters")),
+                filters=Filter.from_json(r["settings"].get("filters")),
                 token=r["token"],
                 attempts=r["attempts"],
                 expires_at=r["expires_at"],
@@ -449,7 +449,7 @@ class SubscriberStore:
             values = {
                 "name": row["name"],
                 "mode": settings.get("mode", IMMEDIATE),
-                "filters": settings.get("filters") or Filters().to_json(),
+                "filters": settings.get("filters") or Filter().to_json(),
                 "status": ACTIVE,
                 "hard_failures": 0,
                 "confirmed_at": now,

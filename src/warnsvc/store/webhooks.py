@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -24,6 +24,7 @@ from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from warnsvc.filters import Filter
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
 from warnsvc.store import schema
@@ -99,57 +100,10 @@ def refused_character(value: str, *, url: bool = False) -> str | None:
     return f"U+{ord(found.group()):04X} at index {found.start()}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Filters:
-    """What an endpoint receives. Empty means everything; the kinds combine with AND."""
-
-    event_types: tuple[str, ...] = ()
-    situations: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ()
-    min_level: str | None = None
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any] | None) -> Filters:
-        data = data or {}
-        return cls(
-            event_types=tuple(data.get("event_types") or ()),
-            situations=tuple(data.get("situations") or ()),
-            sources=tuple(data.get("sources") or ()),
-            min_level=data.get("min_level"),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "event_types": list(self.event_types),
-            "situations": list(self.situations),
-            "sources": list(self.sources),
-            "min_level": self.min_level,
-        }
-
-    def matches(self, event: Event, ranks: Mapping[str, tuple[str, int]]) -> bool:
-        """Whether ``event`` passes; ``ranks`` maps a level id to its (scale id, rank).
-
-        ``min_level`` passes events of that level's scale whose new or previous level is at
-        least as high (so a de-escalation from above it is delivered too).
-        """
-        if self.event_types and event.type.value not in self.event_types:
-            return False
-        if self.situations and event.situation not in self.situations:
-            return False
-        if self.sources and event.source_id not in self.sources:
-            return False
-        if self.min_level is not None:
-            scale, rank = ranks.get(self.min_level, ("", 0))
-            levels = [lv.rank for lv in (event.level, event.previous_level) if lv is not None]
-            if event.scale != scale or not levels or max(levels) < rank:
-                return False
-        return True
-
-
 @functools.lru_cache(maxsize=4096)
-def filters_of(raw: str | None) -> Filters:
+def filters_of(raw: str | None) -> Filter:
     """The filters stored as JSON text ``raw``, parsed once per distinct text."""
-    return Filters.from_json(json.loads(raw) if raw else None)
+    return Filter.from_json(json.loads(raw) if raw else None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,7 +117,7 @@ class Endpoint:
     enabled: bool
     disabled_reason: str | None
     static: bool
-    filters: Filters
+    filters: Filter
     secret: str = field(repr=False)
     previous_secret: str | None = field(default=None, repr=False)
     previous_secret_until: datetime | None = None
@@ -265,7 +219,7 @@ def _endpoint(row: RowMapping) -> Endpoint:
         enabled=bool(row["enabled"]),
         disabled_reason=row["disabled_reason"],
         static=bool(row["static"]),
-        filters=Filters.from_json(row["filters"]),
+        filters=Filter.from_json(row["filters"]),
         secret=row["secret"],
         previous_secret=row["previous_secret"],
         previous_secret_until=row["previous_secret_until"],
@@ -292,7 +246,7 @@ class EndpointStore:
         partner_id: str | None,
         now: datetime,
         description: str = "",
-        filters: Filters | None = None,
+        filters: Filter | None = None,
         enabled: bool = True,
         endpoint_id: str | None = None,
         secret: str | None = None,
@@ -308,7 +262,7 @@ class EndpointStore:
             enabled=enabled,
             disabled_reason=None,
             static=static,
-            filters=filters or Filters(),
+            filters=filters or Filter(),
             secret=secret,
             created_at=now,
             updated_at=now,

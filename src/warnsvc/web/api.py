@@ -43,6 +43,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from warnsvc.filters import Filter as Filters
 from warnsvc.model import new_event_id
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter
 from warnsvc.security.ssrf import Guard, UnsafeUrlError
@@ -51,7 +52,6 @@ from warnsvc.store.webhooks import (
     WEBHOOKS_CHANNEL,
     Endpoint,
     EndpointStore,
-    Filters,
     refused_character,
     test_event,
 )

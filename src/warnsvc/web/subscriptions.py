@@ -35,8 +35,9 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from warnsvc.addresses import check_name, normalize_address
+from warnsvc.filters import EVENT_TYPES as EMAIL_EVENT_TYPES
+from warnsvc.filters import Filter as Filters
 from warnsvc.mail.compose import MailTemplates
-from warnsvc.mail.filters import EMAIL_EVENT_TYPES, Filters
 from warnsvc.model import Scale
 from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.subscriptions import SubscriberStore
