@@ -25,13 +25,14 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Deliver due outbox rows through their channels until stopped.
 
-    Every channel has its own loop, so a slow channel never holds up another. A channel may
-    set ``batch_size`` (rows per claim), ``parallel_batches`` (claimed batches in flight at
-    once), ``lease`` (seconds a claim holds its rows) and ``retry_policy``; otherwise the
-    dispatcher's own are used. A channel that sends with its own concurrency does so inside
-    ``deliver``. On :meth:`stop` no more rows are claimed; after ``grace`` seconds channels
-    with an ``abort()`` are told to give their rows back, and rows still claimed when the run
-    is cancelled are released, so a shutdown leaves no row waiting for its lease to expire.
+    Every channel has its own loop, so a slow channel never holds up another. A channel's
+    :class:`~warnsvc.channels.base.ChannelOptions` (read at every claim) set its rows per
+    claim, claimed batches in flight at once, lease and retry policy; what they leave unset
+    is the dispatcher's own. A channel that sends with its own concurrency does so inside
+    ``deliver``. On :meth:`stop` no more rows are claimed; after ``grace`` seconds every
+    channel's ``abort()`` is called so it gives its rows back, and rows still claimed when the
+    run is cancelled are released, so a shutdown leaves no row waiting for its lease to
+    expire.
     """
 
     def __init__(
@@ -80,9 +81,7 @@ class Dispatcher:
 
     def _abort(self) -> None:
         for channel in self.channels.values():
-            abort = getattr(channel, "abort", None)
-            if callable(abort):
-                abort()
+            channel.abort()
 
     async def drain(self) -> int:
         """Deliver every row that is due now, every channel at once. Returns how many were tried.
@@ -99,9 +98,10 @@ class Dispatcher:
         self, name: str, channel: Channel, *, forever: bool, due_by: datetime | None = None
     ) -> int:
         """Claim and deliver batches of one channel; until stopped, or until none is due."""
-        size = int(getattr(channel, "batch_size", self.batch))
-        lease = getattr(channel, "lease", None)
-        slots = asyncio.Semaphore(int(getattr(channel, "parallel_batches", 1)))
+        options = channel.options
+        size = options.batch_size or self.batch
+        lease = options.lease
+        slots = asyncio.Semaphore(options.parallel_batches)
         wake = self._wakes.setdefault(name, asyncio.Event())
         running: set[asyncio.Task[None]] = set()
         tried = 0
@@ -196,7 +196,7 @@ class Dispatcher:
         released += [d.id for d in claimed if d.id not in answered]
         if released:
             await self.outbox.release(released, now=now)
-        policy = getattr(channel, "retry_policy", None) or self.policy
+        policy = channel.options.retry_policy or self.policy
         for outcome in outcomes:
             if not outcome.ok and not outcome.deferred:
                 await self._failed(by_id[outcome.delivery_id], outcome, policy, now=now)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from warnsvc.channels.base import Outcome
+from warnsvc.channels.base import BaseChannel, ChannelContext, ChannelKind, Outcome, Plugged
 from warnsvc.channels.webhooks import encode_payload, sign_payload
 from warnsvc.config import Settings
 from warnsvc.errors import SourceError, UnknownLevelError
@@ -178,7 +178,7 @@ def _payload(notice: Notice) -> dict[str, Any]:
     }
 
 
-class OperatorChannel:
+class OperatorChannel(BaseChannel):
     """Deliver operators' notices by email (through the email section's SMTP) and webhook."""
 
     name = OPERATORS_CHANNEL
@@ -230,8 +230,8 @@ class OperatorChannel:
         if email is None or not email.enabled:
             raise _NoSmtpError("no email section to send operators' mail through")
         # the SMTP client is loaded with the first operator's mail, not with the service
+        from warnsvc.channels.email import smtp_config
         from warnsvc.mail.smtp import SendError, SmtpPool
-        from warnsvc.mail.wiring import smtp_config
 
         if self.pool is None:
             self.pool = SmtpPool(smtp_config(email))
@@ -286,6 +286,28 @@ class OperatorChannel:
         if self.session is not None:
             await self.session.close()
             self.session = None
+
+
+class Operators(Plugged):
+    """The ``operators`` channel: notices are queued by the :class:`NoticeForwarder`."""
+
+    def __init__(self, channel: OperatorChannel) -> None:
+        super().__init__(channel)
+        self.channel = channel
+
+    async def reconfigure(self, old: Settings, new: Settings) -> list[str]:
+        await self.channel.reconfigure(new)
+        return []
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+async def build(settings: Settings, context: ChannelContext) -> Operators:
+    return Operators(OperatorChannel(settings))
+
+
+KIND = ChannelKind(name=OPERATORS_CHANNEL, build=build)
 
 
 class _NoSmtpError(Exception):

@@ -21,16 +21,18 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from warnsvc import __version__, metrics
-from warnsvc.channels.base import Channel
-from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, FeedSettings
-from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL
+from warnsvc.channels.base import Channel, ChannelContext, Plugged, Running
+from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, Feeds
+from warnsvc.channels.feeds import feed_settings as feed_settings  # the CLI's, from here
+from warnsvc.channels.registry import CHANNELS
+from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL, Webhooks
 from warnsvc.cluster import Cluster
 from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
@@ -38,10 +40,9 @@ from warnsvc.dispatch import Dispatcher
 from warnsvc.errors import ConfigError, ListenError, StoreError
 from warnsvc.logs import current_logging
 from warnsvc.model import Scale
-from warnsvc.operators import OPERATORS_CHANNEL, NoticeForwarder, OperatorChannel, SourceAlerts
+from warnsvc.operators import NoticeForwarder, SourceAlerts
 from warnsvc.outbox import RetryPolicy
 from warnsvc.pipeline import Poller, PollReport, Routing
-from warnsvc.reconfigure import email_added, reconfigure_email, reconfigure_webhooks
 from warnsvc.reload import ConfigWatcher, ReloadPlan, plan_reload
 from warnsvc.sources.base import PageLoader, Source, SourceInfo
 from warnsvc.sources.fetch import Fetcher, make_session
@@ -50,12 +51,11 @@ from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
 from warnsvc.store.migrations import head_revisions, upgrade_apart
 from warnsvc.store.outbox import Outbox
-from warnsvc.web.api import WebhookApi, make_api
+from warnsvc.web.api import WebhookApi
 from warnsvc.web.app import make_app
-from warnsvc.webhook_wiring import Webhooks, build_webhooks
 
 if TYPE_CHECKING:
-    from warnsvc.mail.wiring import EmailParts
+    from warnsvc.channels.email import EmailParts
     from warnsvc.web.pages import Site
 
 log = logging.getLogger(__name__)
@@ -95,17 +95,6 @@ def source_info(source: SourceSettings, scales: Mapping[str, Scale]) -> SourceIn
     )
 
 
-def feed_settings(settings: Settings) -> FeedSettings:
-    return FeedSettings(
-        out_dir=settings.feeds.dir,
-        base_url=settings.service.base_url,
-        title=settings.feeds.title,
-        author=settings.service.name,
-        max_entries=settings.feeds.max_entries,
-        hub=settings.feeds.websub.hub if settings.feeds.websub is not None else None,
-    )
-
-
 @dataclass(slots=True)
 class Components:
     """The parts shared by ``run``, ``poll --once`` and ``demo``."""
@@ -117,11 +106,21 @@ class Components:
     poller: Poller
     outbox: Outbox
     dispatcher: Dispatcher
-    feeds: FeedChannel
-    webhooks: Webhooks | None = None
-    email: EmailParts | None = None
-    operators: OperatorChannel | None = None
+    plugged: dict[str, Plugged]
+    """What each channel module of the registry added, by its name, in the registry's order."""
     notices: NoticeForwarder | None = None
+
+    @property
+    def feeds(self) -> FeedChannel:
+        return cast(Feeds, self.plugged[FEEDS_CHANNEL]).feeds
+
+    @property
+    def webhooks(self) -> Webhooks | None:
+        return cast("Webhooks | None", self.plugged.get(WEBHOOKS_CHANNEL))
+
+    @property
+    def email(self) -> EmailParts | None:
+        return cast("EmailParts | None", self.plugged.get("email"))
 
     async def forward_notices(self) -> int:
         """Queue new operator notices; wake the dispatcher when there were any."""
@@ -150,12 +149,7 @@ class Components:
     async def close(self) -> None:
         for source_id in list(self.sessions):
             await self.remove_source(source_id)
-        if self.webhooks is not None:
-            await self.webhooks.session.close()
-        if self.email is not None:
-            await self.email.close()
-        if self.operators is not None:
-            await self.operators.close()
+        await close_plugged(self.plugged)
         await self.store.close()
 
 
@@ -175,32 +169,18 @@ async def build_components(
 ) -> Components:
     """Open the store and make every enabled source (or only source ``only``)."""
     store = store or await Store.open(settings.storage.url)
-    scales = settings.scale_map()
     sources: dict[str, Source] = {}
     policy = detection_policy(settings)
-    feeds = FeedChannel(store, scales, feed_settings(settings))
-    channels: dict[str, Channel] = {FEEDS_CHANNEL: feeds}
-    webhooks = await build_webhooks(settings, store, user_agent=user_agent(settings))
-    channels[WEBHOOKS_CHANNEL] = webhooks.channel
-    from warnsvc.channels.websub import build_websub
-
-    websub = build_websub(settings, feeds, user_agent=user_agent(settings))
-    channels[websub.name] = websub
-    email = await _build_email(settings, store)
-    if email is not None:
-        channels[email.channel.name] = email.channel
-        channels[email.digests.name] = email.digests
-    operators = OperatorChannel(settings)
-    routed = dict(channels)  # operators' notices are queued by the forwarder, never routed
-    channels[OPERATORS_CHANNEL] = operators
-    poller = Poller(store, sources, policy, Routing(routed))
+    plugged = await plug_channels(
+        settings, ChannelContext(store=store, user_agent=user_agent(settings))
+    )
+    channels: dict[str, Channel] = {c.name: c for p in plugged.values() for c in p.channels}
+    poller = Poller(store, sources, policy, Routing(channels))
     poller.alerts = SourceAlerts(store.notices, threshold=settings.detection.failure_threshold)
     outbox = store.outbox
     grace = settings.service.shutdown_timeout * 0.6  # then in-flight sends are released
     dispatcher = Dispatcher(outbox, channels, RetryPolicy(), grace=grace)
-    parts = Components(settings, store, {}, sources, poller, outbox, dispatcher, feeds, webhooks)
-    parts.email = email
-    parts.operators = operators
+    parts = Components(settings, store, {}, sources, poller, outbox, dispatcher, plugged)
     parts.notices = NoticeForwarder(store, settings)
     for config in settings.sources if with_sources else []:
         if (only is None and config.enabled) or config.id == only:
@@ -208,17 +188,26 @@ async def build_components(
     return parts
 
 
-async def _build_email(settings: Settings, store: Store) -> EmailParts | None:
-    """The email parts, ready, or None without an enabled ``email`` section; the SMTP client,
-    the templates and the subscription pages are only loaded when email is configured."""
-    if settings.email is None or not settings.email.enabled:
-        return None
-    from warnsvc.mail.wiring import build_email
+async def plug_channels(settings: Settings, context: ChannelContext) -> dict[str, Plugged]:
+    """Build every channel of the registry that ``settings`` switch on, in its order (a
+    channel's module is only imported then). If one fails, those built are closed."""
+    plugged: dict[str, Plugged] = {}
+    try:
+        for name in CHANNELS:
+            if CHANNELS.wanted(name, settings):
+                built = await CHANNELS[name].build(settings, context)
+                if built is not None:
+                    plugged[name] = built
+    except BaseException:
+        await close_plugged(plugged)
+        raise
+    return plugged
 
-    email = build_email(settings, store)
-    if email is not None:
-        await email.prepare()
-    return email
+
+async def close_plugged(plugged: Mapping[str, Plugged]) -> None:
+    """Close what the channel modules added, the last built first."""
+    for name in reversed(list(plugged)):
+        await plugged[name].close()
 
 
 class Service:
@@ -264,9 +253,8 @@ class Service:
         await self._start_web()  # first: a port in use fails at once, before any work
         await self.parts.feeds.rebuild()  # subscribers can fetch empty feeds from the start
         self._dispatch_task = asyncio.create_task(self.parts.dispatcher.run(), name="dispatcher")
-        if self.parts.email is not None:
-            self.parts.email.worker.leading = lambda: self.leading  # digests: the leader's
-            self.parts.email.start(on_digests=self.parts.dispatcher.wake)
+        for plugged in self.parts.plugged.values():
+            plugged.start(self._running())
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.start()
         http = self.settings.service.http
@@ -350,23 +338,15 @@ class Service:
         )
         parts.settings = self.settings
         parts.poller.policy = detection_policy(self.settings)
-        parts.feeds.scales = self.settings.scale_map()
-        parts.feeds.settings = feed_settings(self.settings)
         if parts.notices is not None:
             parts.notices.settings = self.settings
-        for channel in parts.dispatcher.channels.values():
-            reconfigure = getattr(channel, "reconfigure", None)
-            if reconfigure is not None:
-                await reconfigure(self.settings)
         restart: list[str] = []
-        if parts.webhooks is not None:
-            restart += await reconfigure_webhooks(
-                parts.webhooks, old, self.settings, api=self.webhook_api
-            )
-        if parts.email is not None:
-            restart += await reconfigure_email(parts.email, old, self.settings)
-        elif email_added(old, self.settings):
-            restart.append("email (the section was added)")
+        for plugged in parts.plugged.values():
+            restart += await plugged.reconfigure(old, self.settings)
+        for name in CHANNELS:  # a channel switched on by the reload starts with the next run
+            added = CHANNELS.wanted(name, self.settings) and not CHANNELS.wanted(name, old)
+            if added and name not in parts.plugged:
+                restart.append(f"{name} (the section was added)")
         for source_id in (*plan.changed, *plan.added):
             parts.add_source(self.settings, self.settings.source(source_id))
             if self.leading:
@@ -567,6 +547,10 @@ class Service:
                 extra={"action": "poll_retry_scheduled", "source": source_id},
             )
 
+    def _running(self) -> Running:
+        assert self.parts is not None
+        return Running(wake=self.parts.dispatcher.wake, leading=lambda: self.leading)
+
     async def _start_web(self) -> None:
         http = self.settings.service.http
         if self.parts is not None and self.parts.webhooks is not None:
@@ -584,14 +568,12 @@ class Service:
                 *self._portal_routes(),
             ],
         )
-        if self.webhook_api is not None:
-            app.add_subapp("/api/v1", make_api(self.webhook_api))
-        if self.parts is not None and self.parts.email is not None:
-            self.parts.email.add_routes(app)
-            if self.site is not None:
-                from warnsvc.web.subscriptions import FORM_CHOICES
+        for plugged in self.parts.plugged.values() if self.parts is not None else ():
+            plugged.mount(app, self._running())
+        if self.parts is not None and self.parts.email is not None and self.site is not None:
+            from warnsvc.web.subscriptions import FORM_CHOICES
 
-                app[FORM_CHOICES] = self.site.form_choices
+            app[FORM_CHOICES] = self.site.form_choices
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, http.host, http.port)

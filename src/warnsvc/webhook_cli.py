@@ -62,8 +62,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from warnsvc.channels.webhooks import level_ranks, static_endpoints
     from warnsvc.store.db import Store
-    from warnsvc.webhook_wiring import level_ranks, static_endpoints
 
     store = await Store.open(settings.storage.url)
     try:
@@ -111,10 +111,10 @@ async def _list(endpoints: EndpointStore, *, as_json: bool) -> int:
 
 
 async def _add(endpoints: EndpointStore, settings: Settings, args: argparse.Namespace) -> int:
+    from warnsvc.channels.webhooks import level_ranks, make_guard
     from warnsvc.filters import Filter
     from warnsvc.security.ssrf import UnsafeUrlError
     from warnsvc.store.webhooks import refused_character
-    from warnsvc.webhook_wiring import level_ranks, make_guard
 
     partners = [p.id for p in settings.webhooks.partners]
     if args.partner is not None and args.partner not in partners:

@@ -31,11 +31,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from warnsvc.addresses import format_mailbox
-from warnsvc.channels.base import Outcome
-from warnsvc.errors import StoreError
+from warnsvc.channels.base import (
+    BaseChannel,
+    ChannelContext,
+    ChannelKind,
+    ChannelOptions,
+    Outcome,
+    Plugged,
+    Running,
+)
+from warnsvc.config import EmailSettings, Settings
+from warnsvc.errors import ConfigError, ConfigProblem, StoreError
 from warnsvc.filters import Filter, Levels
 from warnsvc.mail.compose import (
     Envelope,
@@ -53,17 +62,24 @@ from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.subscriptions import SubscriberStore
 
 if TYPE_CHECKING:
-    from warnsvc.store.db import RouteContext
+    from aiohttp import web
+
+    from warnsvc.store.db import RouteContext, Store
 
 __all__ = [
     "DIGEST_CHANNEL",
     "EMAIL_CHANNEL",
+    "KIND",
     "DigestChannel",
     "EmailChannel",
     "EmailOptions",
+    "EmailParts",
     "EmailWorker",
     "EventMails",
     "Mailer",
+    "build",
+    "email_options",
+    "smtp_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -342,7 +358,7 @@ class _Turn:
             self._lock.release()
 
 
-class _SubscriberChannel:
+class _SubscriberChannel(BaseChannel):
     """What both channels share: load subscribers, send a batch, map errors to outcomes.
 
     The dispatcher reads ``batch_size``, ``parallel_batches`` and ``lease``: two batches in
@@ -370,6 +386,12 @@ class _SubscriberChannel:
         self.lease = mailer.options.batch_budget + mailer.options.smtp.timeout * 2 + 30
         self._aborted = False
         self._turn = asyncio.Lock()
+
+    @property
+    def options(self) -> ChannelOptions:
+        return ChannelOptions(
+            batch_size=self.batch_size, parallel_batches=self.parallel_batches, lease=self.lease
+        )
 
     def turn(self) -> _Turn:
         return _Turn(self._turn)
@@ -679,3 +701,203 @@ def sender_from(from_address: str, reply_to: str | None, base_url: str) -> Sende
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def smtp_config(email: EmailSettings) -> SmtpConfig:
+    smtp = email.smtp
+    return SmtpConfig(
+        host=smtp.host,
+        port=smtp.port_or_default(),
+        security=smtp.security,
+        user=smtp.user,
+        password=smtp.password,
+        verify_certificate=smtp.verify_certificate,
+        ca_file=smtp.ca_file,
+        timeout=smtp.timeout,
+        connections=smtp.connections,
+        messages_per_connection=smtp.messages_per_connection,
+        rate=email.rate,
+    )
+
+
+def email_options(settings: Settings, email: EmailSettings) -> EmailOptions:
+    base_url = settings.service.base_url
+    return EmailOptions(
+        service_name=settings.service.name,
+        base_url=base_url,
+        sender=sender_from(email.from_address, email.reply_to, base_url),
+        smtp=smtp_config(email),
+        digest_hour=email.digest_hour,
+        suppress_after=email.suppress_after,
+        templates_dir=email.templates_dir,
+        confirm_within=email.signup.confirm_within,
+        resend_after=email.signup.resend_after,
+        level_names={lv.id: lv.name for s in settings.scale_map().values() for lv in s.levels},
+    )
+
+
+def _check_references(settings: Settings, email: EmailSettings) -> None:
+    """Subscribers name known sources and levels (the YAML validation cannot see across)."""
+    sources = {s.id for s in settings.sources}
+    levels = {lv.id for scale in settings.scale_map().values() for lv in scale.levels}
+    file = str(settings.path or "config")
+    problems = []
+    for index, sub in enumerate(email.subscribers):
+        where = f"email.subscribers[{index}]"
+        for position, source in enumerate(sub.sources):
+            if source not in sources:
+                message = f"unknown source {source!r}; known: {', '.join(sorted(sources))}"
+                problems.append(ConfigProblem(file, None, f"{where}.sources[{position}]", message))
+        if sub.min_level is not None and sub.min_level not in levels:
+            message = f"unknown level {sub.min_level!r}; known: {', '.join(sorted(levels))}"
+            problems.append(ConfigProblem(file, None, f"{where}.min_level", message))
+    if problems:
+        raise ConfigError(problems)
+
+
+class EmailParts(Plugged):
+    """Everything email adds to the service: the ``email`` and ``email-digest`` channels, the
+    worker (confirmation mails, digests) and the subscription pages.
+
+    A reload applies at once the YAML's subscribers (added, changed, removed), the digest hour
+    and the SMTP server and rate (a new connection pool; sends in flight on the old one finish
+    or are retried); the templates' folder needs a restart, and so does adding or removing the
+    whole section.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: EmailSettings,
+        options: EmailOptions,
+        mailer: Mailer,
+        store: Store,
+        scales: Mapping[str, Scale],
+        sources: Mapping[str, str],
+    ) -> None:
+        self.channel = EmailChannel(store.subscribers, mailer, scales)
+        self.digests = DigestChannel(store.subscribers, mailer, scales)
+        super().__init__(self.channel, self.digests)
+        self.settings = settings
+        self.options = options
+        self.mailer = mailer
+        self.worker = EmailWorker(store.subscribers, mailer)
+        self.store = store
+        self.scales = scales
+        self.sources = sources
+        self.task: asyncio.Task[None] | None = None
+
+    async def prepare(self) -> None:
+        """Check templates, sync the YAML subscribers; warn about a non-https base URL."""
+        problems = self.mailer.check_templates()
+        if problems:
+            where = str(self.settings.templates_dir or "built-in templates")
+            raise ConfigError(
+                [ConfigProblem(where, None, "email.templates_dir", p) for p in problems]
+            )
+        declared = [
+            mailstore.Declared(
+                address=s.address,
+                name=s.name,
+                mode=s.mode,
+                filters=Filter(
+                    situations=tuple(s.situations),
+                    sources=tuple(s.sources),
+                    min_level=s.min_level,
+                    event_types=tuple(s.event_types),
+                ),
+            )
+            for s in self.settings.subscribers
+        ]
+        counts = await self.store.subscribers.sync_declared(declared, now=datetime.now(UTC))
+        log.info(
+            "email subscribers from the config: %s",
+            ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none",
+            extra={"action": "email_subscribers_synced", **counts},
+        )
+        if urlsplit(self.options.base_url).scheme != "https":
+            log.warning(
+                "service.base_url is not https: mail clients ignore a List-Unsubscribe that "
+                "is not https (RFC 8058)",
+                extra={"action": "email_base_url_not_https"},
+            )
+
+    def start(self, running: Running) -> None:
+        """Run the worker (confirmation mails, digests: the leader's) in the background."""
+        self.worker.leading = running.leading
+        self.worker.on_digests = running.wake
+        if self.task is None:
+            self.task = asyncio.create_task(self.worker.run(), name="email-worker")
+
+    def mount(self, app: web.Application, running: Running) -> None:
+        from warnsvc.web.subscriptions import SubscriptionPages, add_subscription_routes
+
+        add_subscription_routes(
+            app,
+            SubscriptionPages(
+                subscribers=self.store.subscribers,
+                templates=self.mailer.templates,
+                service_name=self.options.service_name,
+                scales=self.scales,
+                sources=self.sources,
+                digest_hour=self.options.digest_hour,
+                confirm_within=self.options.confirm_within,
+                resend_after=self.options.resend_after,
+                requests_per_minute=self.settings.signup.requests_per_minute,
+                signup=self.settings.signup.enabled,
+                on_request=self.worker.wake,
+            ),
+        )
+
+    async def reconfigure(self, old: Settings, new: Settings) -> list[str]:
+        email = new.email
+        if email is None or not email.enabled:
+            return ["email (the section was removed or disabled)"]
+        options = email_options(new, email)
+        previous = self.mailer.pool
+        if options.smtp != self.options.smtp:
+            self.mailer.pool = SmtpPool(options.smtp)
+            await previous.close()
+        self.mailer.options = options
+        self.options = options
+        self.settings = email
+        await self.prepare()  # re-syncs the YAML subscribers
+        restart = []
+        if old.email is not None and old.email.templates_dir != email.templates_dir:
+            restart.append("email.templates_dir")
+        return restart
+
+    async def close(self) -> None:
+        self.worker.stop()
+        if self.task is not None:
+            try:
+                await asyncio.wait_for(self.task, timeout=10)
+            except TimeoutError:
+                log.warning("email worker did not stop in time", extra={"action": "email_stop"})
+            self.task = None
+        await self.mailer.close()
+
+
+async def build(settings: Settings, context: ChannelContext) -> EmailParts | None:
+    """The email parts, ready, or None when ``email:`` is absent or disabled."""
+    email = settings.email
+    if email is None or not email.enabled:
+        return None
+    _check_references(settings, email)
+    options = email_options(settings, email)
+    parts = EmailParts(
+        settings=email,
+        options=options,
+        mailer=Mailer(options),
+        store=context.store,
+        scales=settings.scale_map(),
+        sources={s.id: s.name for s in settings.sources},
+    )
+    await parts.prepare()
+    return parts
+
+
+KIND = ChannelKind(name=EMAIL_CHANNEL, build=build)

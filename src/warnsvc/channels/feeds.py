@@ -46,12 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from warnsvc.channels.base import Outcome
+from warnsvc.channels.base import BaseChannel, ChannelContext, ChannelKind, Outcome, Plugged
 from warnsvc.filters import Levels
 from warnsvc.model import Event, EventType, Scale, Status
 from warnsvc.outbox import Delivery
 
 if TYPE_CHECKING:
+    from warnsvc.channels.websub import WebSubChannel
+    from warnsvc.config import Settings
     from warnsvc.store.db import RouteContext
 
 __all__ = ["FeedChannel", "FeedSettings", "build_feeds", "entry_title"]
@@ -808,7 +810,7 @@ class EventSource(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
-class FeedChannel:
+class FeedChannel(BaseChannel):
     """The feed builder as an outbox recipient: one rebuild covers a whole batch of events.
 
     Every event gets one ``feeds`` row; when rows are claimed the files are rebuilt from the
@@ -854,3 +856,43 @@ class FeedChannel:
             extra={"action": "feeds_rebuilt", "files": len(written)},
         )
         return [Outcome(delivery_id=d.id, ok=True) for d in deliveries]
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def feed_settings(settings: Settings) -> FeedSettings:
+    return FeedSettings(
+        out_dir=settings.feeds.dir,
+        base_url=settings.service.base_url,
+        title=settings.feeds.title,
+        author=settings.service.name,
+        max_entries=settings.feeds.max_entries,
+        hub=settings.feeds.websub.hub if settings.feeds.websub is not None else None,
+    )
+
+
+class Feeds(Plugged):
+    """The feed files, and the WebSub pings that announce them (``feeds.websub``): the
+    ``websub`` channel routes nothing until a hub is set, also by a reload."""
+
+    def __init__(self, feeds: FeedChannel, websub: WebSubChannel) -> None:
+        super().__init__(feeds, websub)
+        self.feeds = feeds
+        self.websub = websub
+
+    async def reconfigure(self, old: Settings, new: Settings) -> list[str]:
+        self.feeds.scales = new.scale_map()
+        self.feeds.settings = feed_settings(new)
+        await self.websub.reconfigure(new)
+        return []
+
+
+async def build(settings: Settings, context: ChannelContext) -> Feeds:
+    from warnsvc.channels.websub import build_websub
+
+    feeds = FeedChannel(context.store, settings.scale_map(), feed_settings(settings))
+    return Feeds(feeds, build_websub(settings, feeds, user_agent=context.user_agent))
+
+
+KIND = ChannelKind(name=FEEDS_CHANNEL, build=build)

@@ -36,7 +36,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -52,11 +52,25 @@ from tenacity import (
 from yarl import URL
 
 from warnsvc import __version__
-from warnsvc.channels.base import Outcome
-from warnsvc.errors import PermanentDeliveryError, TransientDeliveryError
-from warnsvc.filters import Levels
-from warnsvc.model import Event, EventType
+from warnsvc.channels.base import (
+    ChannelContext,
+    ChannelKind,
+    ChannelOptions,
+    Outcome,
+    Plugged,
+    Running,
+)
+from warnsvc.config import Settings, WebhooksSettings
+from warnsvc.errors import (
+    ConfigError,
+    ConfigProblem,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from warnsvc.filters import Filter, Levels
+from warnsvc.model import Event, EventType, Scale
 from warnsvc.outbox import Delivery, RetryPolicy
+from warnsvc.security.keys import KeyRing, Partner, RateLimiter, hash_key
 from warnsvc.security.ssrf import Guard, GuardedResolver, UnsafeAddressError, UnsafeUrlError
 from warnsvc.store.webhooks import (
     OPERATORS,
@@ -68,7 +82,10 @@ from warnsvc.store.webhooks import (
 )
 
 if TYPE_CHECKING:
-    from warnsvc.store.db import RouteContext
+    from aiohttp import web
+
+    from warnsvc.store.db import RouteContext, Store
+    from warnsvc.web.api import WebhookApi
 
 __all__ = [
     "WEBHOOKS_CHANNEL",
@@ -249,6 +266,15 @@ class WebhookChannel:
         self._open: dict[str, int] = {}  # endpoint id -> requests open
         self._senders: dict[asyncio.Task[None], _Job | None] = {}  # sender -> its row
         self._aborted = False
+
+    @property
+    def options(self) -> ChannelOptions:
+        return ChannelOptions(
+            batch_size=self.batch_size,
+            parallel_batches=self.parallel_batches,
+            lease=self.lease,
+            retry_policy=self.retry_policy,
+        )
 
     # -- routing -----------------------------------------------------------------------------
 
@@ -586,3 +612,210 @@ def _not_started(delivery: Delivery) -> Outcome:
 
 def _aborted(delivery: Delivery) -> Outcome:
     return Outcome(delivery_id=delivery.id, ok=False, deferred=True, error="aborted")
+
+
+# --------------------------------------------------------------------------- wiring
+
+STATIC_PREFIX = "cfg_"
+"""Endpoints declared in the YAML have the id ``cfg_<id>``; API-made ones ``ep_...``."""
+
+
+def level_ranks(scales: Mapping[str, Scale]) -> Levels:
+    """Every level id (unique across scales) -> (scale id, rank)."""
+    return Levels(scales)
+
+
+def make_guard(settings: WebhooksSettings) -> Guard:
+    return Guard.build(settings.allow_hosts, settings.allow_networks)
+
+
+def partners(settings: WebhooksSettings) -> list[Partner]:
+    return [
+        Partner(
+            id=p.id,
+            name=p.name,
+            contact=p.contact,
+            key_sha256=p.api_key_sha256 or hash_key(p.api_key or ""),
+        )
+        for p in settings.partners
+    ]
+
+
+def retry_policy(settings: WebhooksSettings) -> RetryPolicy:
+    retry = settings.retry
+    return RetryPolicy(
+        initial=retry.initial, factor=retry.factor, cap=retry.cap, max_attempts=retry.max_attempts
+    )
+
+
+def delivery_settings(settings: WebhooksSettings, user_agent: str) -> DeliverySettings:
+    return DeliverySettings(
+        timeout=settings.timeout,
+        concurrency=settings.concurrency,
+        per_endpoint=settings.per_endpoint,
+        batch=settings.batch,
+        parallel_batches=settings.parallel_batches,
+        lease=settings.lease,
+        quick_retries=settings.quick_retries,
+        disable_after=settings.disable_after,
+        user_agent=user_agent,
+    )
+
+
+def static_endpoints(settings: Settings, ranks: Levels, *, now: datetime) -> list[Endpoint]:
+    """The YAML's endpoints as store records; an unknown ``min_level`` is a config error."""
+    problems = []
+    found = []
+    file = str(settings.path or "config")
+    for index, declared in enumerate(settings.webhooks.endpoints):
+        level = declared.filters.min_level
+        if level is not None and level not in ranks:
+            where = f"webhooks.endpoints[{index}].filters.min_level"
+            message = f"unknown level {level!r}; known levels: {', '.join(ranks)}"
+            problems.append(ConfigProblem(file, None, where, message))
+        found.append(
+            Endpoint(
+                id=STATIC_PREFIX + declared.id,
+                partner_id=declared.partner,
+                url=declared.url,
+                description=declared.description,
+                enabled=declared.enabled,
+                disabled_reason=None,
+                static=True,
+                filters=Filter.from_json(declared.filters.model_dump(mode="json")),
+                secret=declared.secret,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
+class Webhooks(Plugged):
+    """The webhook feature of one running service: the channel, its HTTP pool, the endpoints
+    and the partners' API (``/api/v1``).
+
+    A reload applies at once the YAML's static endpoints and partners (keys, contacts), the
+    level ranks used by filters, the retry schedule and the API limits; the SSRF allow-lists
+    and the connection pool's sizes need a restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: WebhooksSettings,
+        store: Store,
+        channel: WebhookChannel,
+        session: aiohttp.ClientSession,
+        guard: Guard,
+        keys: KeyRing,
+        ranks: Levels,
+        service_name: str,
+    ) -> None:
+        super().__init__(channel)
+        self.settings = settings
+        self.store = store
+        self.endpoints = store.endpoints
+        self.channel = channel
+        self.session = session
+        self.guard = guard
+        self.keys = keys
+        self.ranks = ranks
+        self.service_name = service_name
+        self.served: WebhookApi | None = None
+        """The API the service serves (the last one :meth:`api` made); a reload updates it."""
+
+    def api(self, wake: Callable[[], None]) -> WebhookApi:
+        from warnsvc.web.api import WebhookApi
+
+        self.served = WebhookApi(
+            store=self.store,
+            keys=self.keys,
+            limiter=RateLimiter(self.settings.rate_limit.requests, self.settings.rate_limit.per),
+            guard=self.guard,
+            ranks=self.ranks,
+            service_name=self.service_name,
+            secret_grace=self.settings.secret_grace,
+            max_endpoints=self.settings.max_endpoints,
+            max_body=self.settings.max_body,
+            wake=wake,
+        )
+        return self.served
+
+    def mount(self, app: web.Application, running: Running) -> None:
+        from warnsvc.web.api import make_api
+
+        app.add_subapp("/api/v1", make_api(self.served or self.api(running.wake)))
+
+    async def reconfigure(self, old: Settings, new: Settings) -> list[str]:
+        config, now = new.webhooks, datetime.now(UTC)
+        ranks = level_ranks(new.scale_map())
+        await self.endpoints.sync_static(static_endpoints(new, ranks, now=now), now=now)
+        known = partners(config)
+        self.keys, self.ranks, self.settings = KeyRing(known), ranks, config
+        self.channel.ranks = ranks
+        self.channel.contacts = _contacts(known)
+        self.channel.retry_policy = retry_policy(config)
+        api = self.served
+        if api is not None:
+            api.keys, api.ranks = self.keys, ranks
+            api.secret_grace, api.max_endpoints, api.max_body = (
+                config.secret_grace,
+                config.max_endpoints,
+                config.max_body,
+            )
+            if config.rate_limit != old.webhooks.rate_limit:
+                api.limiter = RateLimiter(config.rate_limit.requests, config.rate_limit.per)
+        before = old.webhooks
+        restart = []
+        if (before.allow_hosts, before.allow_networks) != (
+            config.allow_hosts,
+            config.allow_networks,
+        ):
+            restart.append("webhooks.allow_hosts/allow_networks")
+        pool = ("timeout", "concurrency", "per_endpoint", "batch", "parallel_batches", "lease")
+        restart += [f"webhooks.{k}" for k in pool if getattr(before, k) != getattr(config, k)]
+        return restart
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def build(settings: Settings, context: ChannelContext) -> Webhooks:
+    """Make the channel and its HTTP pool, and bring the YAML's endpoints into the store."""
+    config, store = settings.webhooks, context.store
+    ranks = level_ranks(settings.scale_map())
+    now = datetime.now(UTC)
+    await store.endpoints.sync_static(static_endpoints(settings, ranks, now=now), now=now)
+    guard = make_guard(config)
+    deliveries = delivery_settings(config, context.user_agent)
+    session = make_webhook_session(guard, deliveries)
+    known = partners(config)
+    channel = WebhookChannel(
+        store.endpoints,
+        session,
+        guard,
+        settings=deliveries,
+        retry_policy=retry_policy(config),
+        ranks=ranks,
+        contacts=_contacts(known),
+    )
+    return Webhooks(
+        settings=config,
+        store=store,
+        channel=channel,
+        session=session,
+        guard=guard,
+        keys=KeyRing(known),
+        ranks=ranks,
+        service_name=settings.service.name,
+    )
+
+
+def _contacts(known: Iterable[Partner]) -> dict[str, str]:
+    return {p.id: p.contact for p in known if p.contact}
+
+
+KIND = ChannelKind(name=WEBHOOKS_CHANNEL, build=build)

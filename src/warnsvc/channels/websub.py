@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from warnsvc.channels.base import Outcome
+from warnsvc.channels.base import BaseChannel, ChannelOptions, Outcome
 from warnsvc.channels.feeds import FeedChannel, feed_paths, feed_url
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import Delivery, RetryPolicy
@@ -67,13 +67,10 @@ class _Answer:
     retry_after: float | None = None
 
 
-class WebSubChannel:
+class WebSubChannel(BaseChannel):
     """Publish pings to the hub named by the feed settings (``FeedSettings.hub``)."""
 
     name = WEBSUB_CHANNEL
-    batch_size = 500
-    lease = 600.0
-    """Long enough for a feed rebuild plus a round of pings that each may time out."""
 
     def __init__(
         self,
@@ -88,9 +85,17 @@ class WebSubChannel:
         self.guard = guard
         self.timeout = timeout
         self.user_agent = user_agent
-        self.retry_policy = retry_policy
+        self._options = ChannelOptions(
+            batch_size=500,
+            lease=600.0,  # long enough for a feed rebuild plus a round of pings that time out
+            retry_policy=retry_policy,
+        )
         self._resolver = GuardedResolver(guard)
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def options(self) -> ChannelOptions:
+        return self._options
 
     @property
     def hub(self) -> str | None:
