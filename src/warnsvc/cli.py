@@ -7,6 +7,7 @@
     warnsvc poll --once    poll now; print the events emitted (or, with --dry-run, that would be)
     warnsvc feeds rebuild  rewrite every feed file from the stored events
     warnsvc webhooks       list, add, rm webhook endpoints; redeliver deliveries
+    warnsvc notify         test an Apprise URL (a chat or messaging target); enable a target
     warnsvc status         sources, situations and the outbox at a glance (--json)
     warnsvc events         recent events (--json)
     warnsvc reload         make the running service re-read its config
@@ -127,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     from warnsvc import webhook_cli
 
     webhook_cli.add_parser(command)
+    notify = command("notify", "chat and messaging targets (Apprise)")
+    notify.add_argument(
+        "action",
+        choices=["test", "enable"],
+        help="test: send a test message to URL; enable: enable target ID again",
+    )
+    notify.add_argument("target", metavar="URL|ID")
+    notify.add_argument(
+        "--timeout", type=float, help="seconds per attempt (default: notify.timeout, or 10)"
+    )
     feeds = command("feeds", "feed files")
     feeds.add_argument("action", choices=["rebuild"])
     demo = commands.add_parser(
@@ -470,6 +481,49 @@ def _webhooks(args: argparse.Namespace) -> int:
     return webhook_cli.run(args, _load(args))
 
 
+def _notify(args: argparse.Namespace) -> int:
+    """``notify test URL`` sends a test message through the config's SSRF allow-lists (exit 1
+    when it fails, 2 when Apprise cannot use the URL); ``notify enable ID`` enables a target."""
+    from warnsvc.config import NotifySettings
+
+    setup_logging(args.log_level or "warning", args.log_format or "text")
+    settings = load_config(args.config) if args.action == "enable" or args.config.exists() else None
+    notify = (settings.notify if settings else None) or NotifySettings()
+    if args.action == "enable":
+        assert settings is not None
+        return asyncio.run(_notify_enable(settings, notify, args.target))
+    from warnsvc.channels.notify import send_test
+    from warnsvc.security.ssrf import Guard
+
+    guard = Guard.build(notify.allow_hosts, notify.allow_networks)
+    try:
+        masked, error = asyncio.run(
+            send_test(args.target, guard=guard, seconds=args.timeout or notify.timeout)
+        )
+    except ValueError as exc:
+        print(f"warnsvc: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"target: {masked}")
+    print(f"result: {'sent' if error is None else 'failed: ' + error}")
+    return EXIT_OK if error is None else EXIT_FAILURE
+
+
+async def _notify_enable(settings: Settings, notify: Any, target: str) -> int:
+    from warnsvc.channels.notify import enable
+    from warnsvc.store.db import Store
+
+    store = await Store.open(settings.storage.url)
+    try:
+        found = await enable(store.notices, notify, target)
+    finally:
+        await store.close()
+    if not found:
+        print(f"warnsvc: error: no notify target {target!r} in {settings.path}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"notify target {target} enabled; the running service uses it from its next delivery")
+    return EXIT_OK
+
+
 def _feeds(args: argparse.Namespace) -> int:
     settings = _load(args)
     return asyncio.run(_rebuild_feeds(settings))
@@ -646,6 +700,7 @@ _COMMANDS = {
     "poll": _poll,
     "feeds": _feeds,
     "webhooks": _webhooks,
+    "notify": _notify,
     "demo": _demo,
     "status": _status,
     "events": _events,

@@ -977,6 +977,52 @@ class OperatorsSettings(_Section):
     dead_letters: Int = Field(default=10, ge=1)
 
 
+def _apprise_url(value: str) -> str:
+    """An Apprise URL that Apprise understands (Apprise is loaded only to check one)."""
+    from warnsvc.channels.notify import url_problem
+
+    problem = url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+class NotifyTargetSettings(_Section):
+    """One chat or messaging target (an Apprise URL) and what it receives."""
+
+    url: Annotated[str, AfterValidator(_apprise_url)] = Field(repr=False)
+    id: Slug | None = None
+    name: str | None = None
+    situations: list[Annotated[str, AfterValidator(_situation_ref)]] = []
+    sources: list[Slug] = []
+    min_level: Slug | None = None
+    event_types: list[EmailEventType] = []
+
+
+class NotifySettings(_Section):
+    """Alerts to chat and messaging services through Apprise (``notify``)."""
+
+    targets: list[NotifyTargetSettings] = []
+    allow_hosts: list[str] = []
+    allow_networks: list[Annotated[str, AfterValidator(_network)]] = []
+    timeout: Annotated[float, _duration(minimum=0.1)] = 10.0
+    quick_retries: Int = Field(default=1, ge=0, le=5)
+    retry: WebhookRetrySettings = Field(default_factory=WebhookRetrySettings)
+    disable_after: Annotated[float, _duration(minimum=1)] = 172_800.0
+    concurrency: Int = Field(default=4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check_ids(self) -> NotifySettings:
+        ids = [t.id or f"target-{n}" for n, t in enumerate(self.targets, 1)]
+        for index, target_id in enumerate(ids):
+            if target_id in ids[:index]:
+                first = ids.index(target_id)
+                message = f"duplicate target id {target_id!r}, already used by targets[{first}]"
+                field = f"targets[{index}].id"
+                raise PydanticCustomError("field_error", message, {"field": field})
+        return self
+
+
 class WebSubSettings(_Section):
     """A WebSub hub that hears of every change of the feeds (``feeds.websub``)."""
 
@@ -1016,6 +1062,7 @@ class Settings(_Section):
     email: EmailSettings | None = None
     operators: OperatorsSettings = Field(default_factory=OperatorsSettings)
     cap: CapSettings = Field(default_factory=CapSettings)
+    notify: NotifySettings | None = None
 
     @field_validator(
         "service", "storage", "detection", "feeds", "webhooks", "operators", "cap", mode="before"
@@ -1046,7 +1093,7 @@ class Settings(_Section):
             _scale_ids(self.scales),
             {},
         )
-        found += _check_cap_and_websub(self)
+        found += _check_cap_and_websub(self) + _check_notify_levels(self)
         if found:
             raise ValueError("; ".join(f"{_format_loc(loc)}: {msg}" for loc, msg in found))
         return self
@@ -1363,7 +1410,7 @@ class _Checker:
             _scale_ids(settings.scales),
             self.document.lines,
         )
-        self._add_all([*found, *_check_cap_and_websub(settings)])
+        self._add_all([*found, *_check_cap_and_websub(settings), *_check_notify_levels(settings)])
         return settings
 
     def _top_level(self) -> object:
@@ -1767,6 +1814,20 @@ def _check_cap_and_websub(settings: Settings) -> list[tuple[Loc, str]]:
         problem = _hub_problem(websub)
         if problem is not None:
             found.append((("feeds", "websub", "hub"), problem))
+    return found
+
+
+def _check_notify_levels(settings: Settings) -> list[tuple[Loc, str]]:
+    """Every notify target's ``min_level`` is a level of a known scale."""
+    if settings.notify is None:
+        return []
+    levels = [level.id for scale in settings.scale_map().values() for level in scale.levels]
+    found: list[tuple[Loc, str]] = []
+    for index, target in enumerate(settings.notify.targets):
+        if target.min_level is not None and target.min_level not in levels:
+            message = f"unknown level {target.min_level!r}; known levels: {', '.join(levels)}"
+            loc: Loc = ("notify", "targets", index, "min_level")
+            found.append((loc, message + _did_you_mean(target.min_level, levels)))
     return found
 
 

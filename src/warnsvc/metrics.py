@@ -315,6 +315,20 @@ SOURCE_HEALTHY = Gauge(
     registry=REGISTRY,
 )
 
+NOTIFY_SENDS = Counter(
+    "warnsvc_notify_sends",
+    "Notify deliveries, by target id and result (sent, failed after its quick retries).",
+    ["target", "result"],
+    registry=REGISTRY,
+)
+NOTIFY_SECONDS = Histogram(
+    "warnsvc_notify_send_seconds",
+    "Time to send one notify message that succeeded, quick retries included, by target id.",
+    ["target"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+
 LEADER = Gauge(
     "warnsvc_leader",
     "1 when this replica is the leader (it polls, confirms, builds digests, prunes), else 0.",

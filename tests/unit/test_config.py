@@ -152,7 +152,7 @@ emial:
 """
     assert problems(text) == [
         f"{FILE}:3: emial: unknown key 'emial'; allowed keys: cap, detection, email, feeds, "
-        "operators, scales, service, sources, storage, webhooks; did you mean 'email'?"
+        "notify, operators, scales, service, sources, storage, webhooks; did you mean 'email'?"
     ]
 
 
@@ -448,7 +448,7 @@ sources:
         ),
         ("feeds: []\n", "1: feeds: expected a mapping, found a list"),
         ("sources: {id: a}\n", "1: sources: expected a list, found a mapping"),
-        ("- a\n", "1: expected a mapping of sections (cap, detection, email, feeds, operators,"),
+        ("- a\n", "1: expected a mapping of sections (cap, detection, email, feeds, notify,"),
         ("storage: {url: 'sqlite:///x.db'}\n", "1: storage.url: needs an async driver"),
         ("service: {base_url: 'https://x.org/?a=1'}\n", "1: service.base_url: must not have a"),
         ("path: x.yaml\n", "1: path: unknown key 'path'; allowed keys: cap, detection, email,"),
