@@ -131,12 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     notify = command("notify", "chat and messaging targets (Apprise)")
     notify.add_argument(
         "action",
-        choices=["test", "enable"],
-        help="test: send a test message to URL; enable: enable target ID again",
+        choices=["test", "enable", "redeliver"],
+        help="test: send a test message to URL; enable: enable target ID again; "
+        "redeliver: queue target ID's dead letters again",
     )
     notify.add_argument("target", metavar="URL|ID")
     notify.add_argument(
         "--timeout", type=float, help="seconds per attempt (default: notify.timeout, or 10)"
+    )
+    notify.add_argument(
+        "--since",
+        help="redeliver: only what was dead-lettered since this time (ISO 8601, e.g. "
+        "2026-11-28); default: every dead letter of the target",
     )
     feeds = command("feeds", "feed files")
     feeds.add_argument("action", choices=["rebuild"])
@@ -492,6 +498,11 @@ def _notify(args: argparse.Namespace) -> int:
     if args.action == "enable":
         assert settings is not None
         return asyncio.run(_notify_enable(settings, notify, args.target))
+    if args.action == "redeliver":
+        if settings is None:
+            print(f"warnsvc: error: {args.config}: no such config file", file=sys.stderr)
+            return EXIT_USAGE
+        return asyncio.run(_notify_redeliver(settings, notify, args.target, args.since))
     from warnsvc.channels.notify import send_test
     from warnsvc.security.ssrf import Guard
 
@@ -521,6 +532,41 @@ async def _notify_enable(settings: Settings, notify: Any, target: str) -> int:
         print(f"warnsvc: error: no notify target {target!r} in {settings.path}", file=sys.stderr)
         return EXIT_USAGE
     print(f"notify target {target} enabled; the running service uses it from its next delivery")
+    return EXIT_OK
+
+
+async def _notify_redeliver(
+    settings: Settings, notify: Any, target: str, since_text: str | None
+) -> int:
+    """Queue the target's dead-lettered notify deliveries again (all, or those since a time)."""
+    from datetime import UTC, datetime
+
+    from warnsvc.channels.notify import NOTIFY_CHANNEL, target_id
+    from warnsvc.store.db import Store
+
+    if target not in {target_id(config, n) for n, config in enumerate(notify.targets, 1)}:
+        print(f"warnsvc: error: no notify target {target!r} in {settings.path}", file=sys.stderr)
+        return EXIT_USAGE
+    since = datetime.min.replace(tzinfo=UTC)
+    if since_text is not None:
+        try:
+            since = datetime.fromisoformat(since_text)
+        except ValueError:
+            print(
+                f"warnsvc: error: --since must be an ISO 8601 time like 2026-11-28T00:00:00Z, "
+                f"not {since_text!r}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    store = await Store.open(settings.storage.url)
+    try:
+        count = await store.outbox.requeue(
+            NOTIFY_CHANNEL, recipient=target, dead_since=since, now=datetime.now(UTC)
+        )
+    finally:
+        await store.close()
+    print(f"{count} notify deliveries to {target} queued again")
     return EXIT_OK
 
 

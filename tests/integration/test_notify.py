@@ -376,3 +376,49 @@ print("with", "apprise" in sys.modules)
         check=True,
     )
     assert done.stdout.split() == ["without", "False", "with", "True"]
+
+
+async def test_dead_letters_of_a_target_are_queued_again_by_warnsvc_notify_redeliver(
+    tmp_path: Path, chat: Chat, parts_of: list[Components]
+) -> None:
+    chat.fail.add("flaky")
+    text = f"""
+storage: {{url: "sqlite+aiosqlite:///{tmp_path}/t.db"}}
+feeds: {{dir: "{tmp_path}/feeds"}}
+notify:
+  allow_networks: [127.0.0.0/8]
+  quick_retries: 0
+  retry: {{initial: 0.1s, max_attempts: 1}}
+  targets:
+    - {{id: flaky, url: "json://127.0.0.1:{chat.port}/flaky"}}
+"""
+    config = tmp_path / "warnsvc.yaml"
+    config.write_text(text, encoding="utf-8")
+    parts = await build_components(parse_config(text, filename=str(config)))
+    parts_of.append(parts)
+    await parts.store.record_event(make_event(), {"notify": ["flaky"]})
+    await _drain_until_settled(parts)
+    assert (await _outbox(parts))["flaky"][0] == "dead"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
+
+    def notify(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "warnsvc", "notify", *args, "-c", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+
+    def redeliver(*args: str) -> subprocess.CompletedProcess[str]:
+        return notify("redeliver", *args)
+
+    later = redeliver("flaky", "--since", "2999-01-01")
+    assert later.returncode == 0 and "0 notify deliveries" in later.stdout
+    unknown = redeliver("nobody")
+    assert unknown.returncode == 2 and "no notify target 'nobody'" in unknown.stderr
+    done = redeliver("flaky")
+    assert done.returncode == 0, done.stderr
+    assert "1 notify deliveries to flaky queued again" in done.stdout
+    assert (await _outbox(parts))["flaky"][0] == "pending"
+
+    chat.fail.discard("flaky")  # the service is back, and the disabled target enabled again:
+    assert notify("enable", "flaky").returncode == 0  # the queued row now arrives
+    await _drain_until_settled(parts)
+    assert (await _outbox(parts))["flaky"] == ("delivered", None)
+    assert len(chat.got["flaky"]) == 2

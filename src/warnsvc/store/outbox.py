@@ -266,6 +266,40 @@ class Outbox:
                 .values(status=PENDING, lease_until=None, updated_at=now)
             )
 
+    async def requeue(
+        self,
+        channel: str,
+        *,
+        now: datetime,
+        recipient: str | None = None,
+        ids: Sequence[int] | None = None,
+        dead_since: datetime | None = None,
+    ) -> int:
+        """Queue rows of ``channel`` again, with a fresh retry schedule: the rows ``ids``
+        (delivered or dead), or every row dead-lettered at or after ``dead_since``;
+        ``recipient`` keeps it to one recipient's rows. Returns how many were queued."""
+        if (ids is None) == (dead_since is None):
+            raise ValueError("requeue wants either ids or dead_since")
+        table = schema.outbox
+        which = [table.c.channel == channel]
+        if recipient is not None:
+            which.append(table.c.recipient == recipient)
+        if ids is not None:
+            which += [table.c.id.in_(list(ids)), table.c.status.in_([DEAD, DELIVERED])]
+        else:
+            which += [table.c.status == DEAD, table.c.updated_at >= dead_since]
+        values = {
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_until": None,
+            "delivered_at": None,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(table).where(*which).values(values))
+        return int(result.rowcount or 0)
+
     async def counts(self) -> dict[tuple[str, str], int]:
         """Rows by (channel, status)."""
         table = schema.outbox

@@ -26,11 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warnsvc.filters import Filter
 from warnsvc.model import Event, EventType
-from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING
+from warnsvc.outbox import IN_FLIGHT, PENDING
 from warnsvc.store import schema
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import startup_lock
 from warnsvc.store.notices import add_notice
+from warnsvc.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -621,35 +622,18 @@ class EndpointStore:
 
     async def redeliver(self, endpoint_id: str, delivery_id: int, *, now: datetime) -> bool:
         """Queue one delivered or dead-lettered delivery again, with a fresh retry schedule."""
-        outbox = schema.outbox
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(outbox)
-                .where(
-                    outbox.c.id == delivery_id,
-                    outbox.c.channel == WEBHOOKS_CHANNEL,
-                    outbox.c.recipient == endpoint_id,
-                    outbox.c.status.in_([DEAD, DELIVERED]),
-                )
-                .values(_requeue(now))
-            )
-        return bool(result.rowcount)
+        outbox = Outbox(self.engine)
+        queued = await outbox.requeue(
+            WEBHOOKS_CHANNEL, recipient=endpoint_id, ids=[delivery_id], now=now
+        )
+        return bool(queued)
 
     async def redeliver_dead(self, endpoint_id: str, *, since: datetime, now: datetime) -> int:
         """Queue again every delivery of the endpoint dead-lettered at or after ``since``."""
-        outbox = schema.outbox
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                update(outbox)
-                .where(
-                    outbox.c.channel == WEBHOOKS_CHANNEL,
-                    outbox.c.recipient == endpoint_id,
-                    outbox.c.status == DEAD,
-                    outbox.c.updated_at >= since,
-                )
-                .values(_requeue(now))
-            )
-        return int(result.rowcount)
+        outbox = Outbox(self.engine)
+        return await outbox.requeue(
+            WEBHOOKS_CHANNEL, recipient=endpoint_id, dead_since=since, now=now
+        )
 
     async def delivery_endpoint(self, delivery_id: int) -> str | None:
         """The endpoint a webhook delivery belongs to."""
@@ -660,17 +644,6 @@ class EndpointStore:
         async with self.engine.connect() as conn:
             value: str | None = (await conn.execute(query)).scalar_one_or_none()
         return value
-
-
-def _requeue(now: datetime) -> dict[str, Any]:
-    return {
-        "status": PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "lease_until": None,
-        "delivered_at": None,
-        "updated_at": now,
-    }
 
 
 def test_event(*, service: str, now: datetime, event_id: str) -> Event:
