@@ -961,8 +961,8 @@ class WebhooksSettings(_Section):
 
 
 class OperatorWebhookSettings(_Section):
-    """Where operators' notices are POSTed (JSON, signed like partner webhooks when a secret is
-    set). Operators' own URLs: trusted, so not subject to the partners' SSRF guard."""
+    """Where operators' notices are POSTed: through the webhooks channel (JSON, signed like
+    partner webhooks, through its SSRF guard)."""
 
     url: HttpUrl
     secret: Annotated[str | None, AfterValidator(lambda v: v and _webhook_secret(v))] = None
@@ -974,7 +974,14 @@ class OperatorsSettings(_Section):
 
     emails: list[Annotated[str, AfterValidator(_email_address)]] = []
     webhooks: list[OperatorWebhookSettings] = []
+    notify: list[str] = Field(default=[], repr=False)
+    """Apprise URLs, sent through the notify channel (its section is then required)."""
     dead_letters: Int = Field(default=10, ge=1)
+
+    @field_validator("notify")
+    @classmethod
+    def _check_notify(cls, urls: list[str]) -> list[str]:
+        return [_apprise_url(url) for url in urls]
 
 
 def _apprise_url(value: str) -> str:
@@ -1080,6 +1087,9 @@ class Settings(_Section):
     def _check_operator_mail(self) -> Settings:
         if self.operators.emails and (self.email is None or not self.email.enabled):
             message = "operators.emails are sent through the email section's SMTP server; add it"
+            raise PydanticCustomError("field_error", message, {"field": "operators"})
+        if self.operators.notify and self.notify is None:
+            message = "operators.notify are sent through the notify channel; add its section"
             raise PydanticCustomError("field_error", message, {"field": "operators"})
         return self
 

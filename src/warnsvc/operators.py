@@ -11,42 +11,46 @@ endpoint's notice may name the partner's contact instead of the operators):
     outbox.dead_letters     a channel's dead-lettered rows grew by ``operators.dead_letters``
 
 Each notice is sent once: the :class:`NoticeForwarder` turns every new notice into an
-``operator.notice`` event with one outbox row per operator (``mailto:`` address or webhook URL)
-in one transaction and marks the notice forwarded, and :class:`OperatorChannel` delivers those
-rows with the outbox's retries. The channel routes no other event, and no other channel routes
-these: subscribers and partners never see operators' notices.
+``operator.notice`` event with its outbox rows in one transaction and marks the notice
+forwarded. The rows go through the channels subscribers and partners use, with their retries,
+dead letters and metrics:
+
+- ``operators.webhooks``: channel ``webhooks``, to the static endpoint ``ops_<hash of URL>``
+  made of each URL (signed like every webhook, through the SSRF guard);
+- ``operators.emails`` and a partner's contact: channel ``email``, recipient
+  ``mailto:<address>`` (the subscribers' mail builder and SMTP pool, templates
+  ``email/notice*``);
+- ``operators.notify``: channel ``notify``, recipient the Apprise target's id (see
+  :func:`operator_targets`).
+
+Those endpoints and addresses receive no routed event, and routing never reaches operators'
+notices: subscribers and partners never see them.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from datetime import datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from warnsvc.channels.base import BaseChannel, ChannelContext, ChannelKind, Outcome, Plugged
-from warnsvc.channels.webhooks import encode_payload, sign_payload
+from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL, operator_endpoint_id
 from warnsvc.config import Settings
 from warnsvc.errors import SourceError, UnknownLevelError
-from warnsvc.model import Event, new_event_id
-from warnsvc.outbox import DEAD, Delivery
+from warnsvc.model import new_event_id
+from warnsvc.outbox import DEAD
 from warnsvc.store.db import SourceHealth, Store
 from warnsvc.store.notices import OPERATOR_NOTICE, Notice, NoticeStore
-from warnsvc.store.webhooks import secret_key
 
 if TYPE_CHECKING:
-    from warnsvc.mail.smtp import SmtpPool
-    from warnsvc.store.db import RouteContext
+    pass
 
 log = logging.getLogger(__name__)
 
-OPERATORS_CHANNEL = "operators"
 NOTICE_TYPE = OPERATOR_NOTICE
+EMAIL_CHANNEL = "email"
+"""The email channel's name (its module, with the SMTP client, loads only with ``email:``)."""
+NOTIFY_CHANNEL = "notify"
 
 
 class SourceAlerts:
@@ -126,16 +130,19 @@ class NoticeForwarder:
         self.store = store
         self.settings = settings
 
-    def operator_recipients(self) -> list[str]:
-        ops = self.settings.operators
-        return [f"mailto:{a}" for a in ops.emails] + [str(w.url) for w in ops.webhooks]
-
     def routes(self, notice: Notice) -> dict[str, list[str]]:
-        if notice.recipient is None:
-            return {OPERATORS_CHANNEL: self.operator_recipients()}
+        """The outbox rows of ``notice``: channel -> recipients."""
         email_ready = self.settings.email is not None and self.settings.email.enabled
-        contact = notice.recipient
-        return {OPERATORS_CHANNEL: [f"mailto:{contact}"] if email_ready and "@" in contact else []}
+        if notice.recipient is not None:
+            contact = notice.recipient
+            return {EMAIL_CHANNEL: [f"mailto:{contact}"]} if email_ready and "@" in contact else {}
+        ops = self.settings.operators
+        routes = {
+            WEBHOOKS_CHANNEL: [operator_endpoint_id(str(w.url)) for w in ops.webhooks],
+            EMAIL_CHANNEL: [f"mailto:{a}" for a in ops.emails] if email_ready else [],
+            NOTIFY_CHANNEL: operator_targets(self.settings),
+        }
+        return {channel: recipients for channel, recipients in routes.items() if recipients}
 
     async def forward(self, *, now: datetime) -> int:
         """Turn new notices into operator events with their outbox rows. Returns how many."""
@@ -153,7 +160,7 @@ class NoticeForwarder:
         last = {n.detail.get("channel"): int(n.detail.get("dead", 0)) for n in reversed(told)}
         raised = 0
         for channel, count in sorted(dead.items()):
-            if channel == OPERATORS_CHANNEL or count < last.get(channel, 0) + threshold:
+            if count < last.get(channel, 0) + threshold:
                 continue
             await self.store.notices.record(
                 kind="outbox.dead_letters",
@@ -178,146 +185,10 @@ def _payload(notice: Notice) -> dict[str, Any]:
     }
 
 
-class OperatorChannel(BaseChannel):
-    """Deliver operators' notices by email (through the email section's SMTP) and webhook."""
-
-    name = OPERATORS_CHANNEL
-
-    def __init__(self, settings: Settings, *, session: aiohttp.ClientSession | None = None) -> None:
-        self.settings = settings
-        self.session = session
-        self.pool: SmtpPool | None = None
-
-    async def reconfigure(self, settings: Settings) -> None:
-        self.settings = settings
-        await self.close_pool()
-
-    async def recipients(self, routes: RouteContext, event: Event) -> Sequence[str]:
-        return []  # only the forwarder queues notices; no event is routed here
-
-    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        outcomes = []
-        for delivery in deliveries:
-            try:
-                if delivery.recipient.startswith("mailto:"):
-                    await self._mail(delivery.recipient.removeprefix("mailto:"), delivery.payload)
-                else:
-                    status = await self._post(delivery.recipient, delivery.payload)
-                    if not 200 <= status < 300:
-                        outcomes.append(
-                            Outcome(
-                                delivery_id=delivery.id,
-                                ok=False,
-                                status=status,
-                                error=f"HTTP {status}",
-                            )
-                        )
-                        continue
-                outcomes.append(Outcome(delivery_id=delivery.id, ok=True))
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                outcomes.append(Outcome(delivery_id=delivery.id, ok=False, error=error[:500]))
-            except _MailFailedError as exc:
-                outcomes.append(Outcome(delivery_id=delivery.id, ok=False, error=str(exc)[:500]))
-            except _NoSmtpError as exc:
-                outcomes.append(
-                    Outcome(delivery_id=delivery.id, ok=False, error=str(exc), permanent=True)
-                )
-        return outcomes
-
-    async def _mail(self, address: str, payload: dict[str, Any]) -> None:
-        email = self.settings.email
-        if email is None or not email.enabled:
-            raise _NoSmtpError("no email section to send operators' mail through")
-        # the SMTP client is loaded with the first operator's mail, not with the service
-        from warnsvc.channels.email import smtp_config
-        from warnsvc.mail.smtp import SendError, SmtpPool
-
-        if self.pool is None:
-            self.pool = SmtpPool(smtp_config(email))
-        message = EmailMessage()
-        message["From"] = email.from_address
-        message["To"] = address
-        message["Subject"] = f"[{self.settings.service.name}] {payload.get('subject', 'notice')}"
-        message["Date"] = format_datetime(datetime.now().astimezone())
-        message["Message-ID"] = make_msgid(domain="warnsvc.invalid")
-        lines = [str(payload.get("subject", "")), ""]
-        lines += [f"{key}: {value}" for key, value in (payload.get("detail") or {}).items()]
-        lines += [
-            "",
-            f"kind: {payload.get('kind')}",
-            f"at: {payload.get('occurred_at')}",
-            f"-- {self.settings.service.name} ({self.settings.service.base_url}/readyz)",
-        ]
-        message.set_content("\n".join(lines))
-        try:
-            await self.pool.send(_address(email.from_address), address, message.as_bytes())
-        except SendError as exc:
-            raise _MailFailedError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def _post(self, url: str, payload: dict[str, Any]) -> int:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        body = encode_payload(payload)
-        msg_id = str(payload.get("id", "ntc"))
-        stamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(stamp),
-        }
-        secret = next(
-            (w.secret for w in self.settings.operators.webhooks if str(w.url) == url), None
-        )
-        if secret:
-            headers["webhook-signature"] = sign_payload(msg_id, stamp, body, [secret_key(secret)])
-        async with self.session.post(
-            url, data=body, headers=headers, allow_redirects=False
-        ) as resp:
-            return resp.status
-
-    async def close_pool(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
-
-    async def close(self) -> None:
-        await self.close_pool()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
-
-
-class Operators(Plugged):
-    """The ``operators`` channel: notices are queued by the :class:`NoticeForwarder`."""
-
-    def __init__(self, channel: OperatorChannel) -> None:
-        super().__init__(channel)
-        self.channel = channel
-
-    async def reconfigure(self, old: Settings, new: Settings) -> list[str]:
-        await self.channel.reconfigure(new)
+def operator_targets(settings: Settings) -> list[str]:
+    """The notify channel's target ids of the operators' Apprise URLs (``operators.notify``)."""
+    if not settings.operators.notify:
         return []
+    from warnsvc.channels.notify import operator_target_ids  # Apprise itself is not loaded
 
-    async def close(self) -> None:
-        await self.channel.close()
-
-
-async def build(settings: Settings, context: ChannelContext) -> Operators:
-    return Operators(OperatorChannel(settings))
-
-
-KIND = ChannelKind(name=OPERATORS_CHANNEL, build=build)
-
-
-class _NoSmtpError(Exception):
-    pass
-
-
-class _MailFailedError(Exception):
-    """The SMTP client's refusal, as ``SendError: why`` (the outbox retries it)."""
-
-
-def _address(mailbox: str) -> str:
-    """The bare address of ``Name <addr>``."""
-    return mailbox.rsplit("<", 1)[-1].rstrip(">").strip() if "<" in mailbox else mailbox
+    return operator_target_ids(settings)

@@ -63,6 +63,7 @@ async def make_parts(tmp_path: Path, site: Site, hook: str, smtp_port: int) -> C
 storage: {{url: "sqlite+aiosqlite:///{tmp_path}/t.db"}}
 detection: {{failure_threshold: 3}}
 feeds: {{dir: "{tmp_path}/feeds"}}
+webhooks: {{allow_networks: ["127.0.0.0/8"]}}
 email:
   from_address: warnsvc@example.org
   smtp: {{host: 127.0.0.1, port: {smtp_port}, security: none}}
@@ -129,8 +130,8 @@ async def test_a_failing_source_is_reported_once_and_its_recovery_once(
         # Subscribers never see these: no event for the feeds, none listed as an event.
         assert await parts.store.count_events() == 0
         assert await parts.store.recent_events() == []
-        counts = await parts.outbox.counts()
-        assert counts == {("operators", "delivered"): 4}
+        counts = await parts.outbox.counts()  # through the webhooks and email channels
+        assert counts == {("webhooks", "delivered"): 2, ("email", "delivered"): 2}
     finally:
         await parts.close()
 
@@ -255,5 +256,58 @@ async def test_a_disabled_webhook_endpoint_reaches_operators_and_the_partner_con
             "it@ngo.example.org",
             "ops@example.org",
         ]
+    finally:
+        await parts.close()
+
+
+async def test_notices_go_through_the_channels_mail_builder_signer_guard_and_apprise(
+    tmp_path: Path, site: Site, receiver: tuple[Receiver, str], smtp: tuple[Sink, int]
+) -> None:
+    """The subscribers' mail builder, the webhooks channel (its SSRF guard too: a loopback URL
+    that is not allowed is refused), and an Apprise URL under ``operators.notify``."""
+    hook, url = receiver
+    sink, port = smtp
+    text = f"""
+storage: {{url: "sqlite+aiosqlite:///{tmp_path}/t.db"}}
+feeds: {{dir: "{tmp_path}/feeds"}}
+email:
+  from_address: warnsvc@example.org
+  smtp: {{host: 127.0.0.1, port: {port}, security: none}}
+notify: {{allow_networks: ["127.0.0.0/8"], timeout: 5s}}
+operators:
+  emails: [ops@example.org]
+  webhooks: [{{url: "{url}"}}]
+  notify: ["json://{url.removeprefix("http://")}"]
+sources: []
+"""
+    parts = await build_components(parse_config(text, filename="t.yaml"))
+    try:
+        now = datetime.now(UTC)
+        await parts.store.notices.record(
+            kind="source.unhealthy",
+            subject="source mali is failing: 3 polls in a row",
+            detail={"source": "mali", "failures": 3, "error": "HTTP 500 <b>"},
+            now=now,
+        )
+        assert await parts.forward_notices() == 1
+        await parts.dispatcher.drain()
+
+        [mail] = sink.received
+        message = mail.message()
+        assert message["Subject"] == "[warnsvc] source mali is failing: 3 polls in a row"
+        assert message["Auto-Submitted"] == "auto-generated"  # the subscribers' builder
+        text_part = next(p for p in message.walk() if p.get_content_type() == "text/plain")
+        assert "failures: 3" in text_part.get_content()
+        html_part = next(p for p in message.walk() if p.get_content_type() == "text/html")
+        assert "HTTP 500 &lt;b&gt;" in html_part.get_content()
+
+        [(headers, body)] = hook.requests  # one POST: Apprise's json:// to the same receiver
+        assert json.loads(body)["title"]  # Apprise's JSON shape, not the webhook payload
+        assert "webhook-signature" not in {k.lower() for k in headers}
+
+        counts = await parts.outbox.counts()
+        assert counts[("email", "delivered")] == 1
+        assert counts[("notify", "delivered")] == 1
+        assert ("webhooks", "delivered") not in counts  # 127.0.0.1 is not allowed for webhooks
     finally:
         await parts.close()

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +53,8 @@ from warnsvc.mail.compose import (
     Rendered,
     Sender,
     build_message,
+    clean_line,
+    clean_text,
     event_view,
 )
 from warnsvc.mail.personal import Personal, Prerendered, prerender, probes
@@ -229,6 +232,22 @@ class Mailer:
             date=now,
         )
 
+    def notice_mail(self, address: str, payload: Mapping[str, Any], *, now: datetime) -> Envelope:
+        """An operators' notice (see :mod:`warnsvc.operators`) to ``address``."""
+        context = self.shared_context(
+            recipient={"address": address, "name": None}, notice=notice_view(payload)
+        )
+        return build_message(
+            sender=self.options.sender,
+            to_address=address,
+            to_name=None,
+            rendered=self.templates.mail("notice", context),
+            message_id=f"{payload.get('id', 'notice')}.{secrets.token_hex(4)}",
+            unsubscribe_url=None,
+            date=now,
+            headers={"X-Warnsvc-Notice": str(payload.get("kind", ""))},
+        )
+
     def mode_text(self, mode: str) -> str:
         if mode == mailstore.DIGEST:
             return f"a daily digest at {self.options.digest_hour:02d}:00 UTC"
@@ -279,11 +298,15 @@ class Mailer:
             "mode_text": "m",
             "filters_text": "f",
         }
+        notice = notice_view(
+            {"kind": "source.unhealthy", "subject": "Subject", "detail": {"source": "s"}}
+        )
         return self.templates.check(
             {
                 "event": self._context(sample, event=view),
                 "digest": self._context(sample, events=[view]),
                 "confirm": confirm,
+                "notice": self.shared_context(recipient={"address": "a@b"}, notice=notice),
             }
         )
 
@@ -333,8 +356,25 @@ class EventMails:
 @dataclass(slots=True)
 class _Job:
     delivery: Delivery
-    subscriber: mailstore.Subscriber
+    subscriber: mailstore.Subscriber | None
+    """None for an operators' notice (no subscriber: nothing to count against)."""
     build: Callable[[], Envelope]
+
+
+NOTICE_PREFIX = "mailto:"
+"""Rows whose recipient is ``mailto:<address>`` carry operators' notices, not events."""
+
+
+def notice_view(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """What the notice templates show of a notice's payload (text cleaned of controls)."""
+    detail = payload.get("detail")
+    items = detail.items() if isinstance(detail, Mapping) else ()
+    return {
+        "kind": clean_line(payload.get("kind", "")),
+        "subject": clean_line(payload.get("subject", "notice")),
+        "detail": [(clean_line(str(k)), clean_text(str(v))) for k, v in items],
+        "at": clean_line(payload.get("occurred_at", "")),
+    }
 
 
 class _Turn:
@@ -444,9 +484,13 @@ class _SubscriberChannel(BaseChannel):
         delivered = [
             job.subscriber.id
             for job, (outcome, _) in zip(jobs, results, strict=True)
-            if outcome.ok and job.subscriber.hard_failures
+            if outcome.ok and job.subscriber is not None and job.subscriber.hard_failures
         ]
-        rejected = [job.subscriber.id for job, (_, hard) in zip(jobs, results, strict=True) if hard]
+        rejected = [
+            job.subscriber.id
+            for job, (_, hard) in zip(jobs, results, strict=True)
+            if hard and job.subscriber is not None
+        ]
         if not delivered and not rejected:
             return [*skipped, *outcomes]
         try:
@@ -529,11 +573,12 @@ class EmailChannel(_SubscriberChannel):
     async def deliver(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         deadline = self._deadline()
         async with self.turn() as turn:
+            now = _now()
+            jobs = [self._notice_job(d, now) for d in deliveries if _is_notice(d)]
+            deliveries = [d for d in deliveries if not _is_notice(d)]
             ids = {d.id: mailstore.subscriber_id(d.recipient) for d in deliveries}
             active, skipped = await self._load(deliveries, ids)
             mails: dict[str, EventMails] = {}
-            now = _now()
-            jobs = []
             for delivery in deliveries:
                 sub = active.get(delivery.id)
                 if sub is None:
@@ -544,6 +589,11 @@ class EmailChannel(_SubscriberChannel):
                 jobs.append(_Job(delivery, sub, functools.partial(mail.build, sub, now)))
             return await self._send_jobs(jobs, skipped, deadline=deadline, turn=turn)
 
+    def _notice_job(self, delivery: Delivery, now: datetime) -> _Job:
+        address = delivery.recipient.removeprefix(NOTICE_PREFIX)
+        build = functools.partial(self.mailer.notice_mail, address, delivery.payload, now=now)
+        return _Job(delivery, None, build)
+
     def _event_mails(self, delivery: Delivery) -> EventMails:
         """The event's mail, rendered once per event and process (batches share it)."""
         view = event_view(delivery.payload)
@@ -553,6 +603,10 @@ class EmailChannel(_SubscriberChannel):
             while len(self._prepared) > 16:
                 del self._prepared[next(iter(self._prepared))]
         return cached
+
+
+def _is_notice(delivery: Delivery) -> bool:
+    return delivery.recipient.startswith(NOTICE_PREFIX)
 
 
 class DigestChannel(_SubscriberChannel):

@@ -66,6 +66,7 @@ from warnsvc.filters import Filter, Levels
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import Delivery, RetryPolicy
 from warnsvc.security.ssrf import Guard, UnsafeAddressError, UnsafeUrlError, describe
+from warnsvc.store.notices import OPERATOR_NOTICE
 
 if TYPE_CHECKING:
     from warnsvc.config import NotifySettings, NotifyTargetSettings, Settings
@@ -323,6 +324,28 @@ def target_id(config: NotifyTargetSettings, position: int) -> str:
     return config.id or f"target-{position}"
 
 
+OPERATORS_TARGET = "operators-"
+"""The operators' Apprise URLs (``operators.notify``) are targets ``operators-N``."""
+
+
+def operator_target_ids(settings: Settings) -> list[str]:
+    return [f"{OPERATORS_TARGET}{n}" for n in range(1, len(settings.operators.notify) + 1)]
+
+
+def operator_targets_of(urls: Sequence[str], settings: NotifySettings) -> list[Target]:
+    """Targets for operators' notices only: their filter passes no routed event."""
+    return [
+        make_target(
+            url,
+            id=f"{OPERATORS_TARGET}{n}",
+            name="operators",
+            filter=Filter(event_types=(OPERATOR_NOTICE,)),
+            timeout=settings.timeout,
+        )
+        for n, url in enumerate(urls, 1)
+    ]
+
+
 def targets_of(settings: NotifySettings) -> list[Target]:
     return [
         make_target(
@@ -490,15 +513,16 @@ class NotifyChannel:
         levels: Levels,
         notices: NoticeStore | None,
         service: str = "warnsvc",
+        operators: Sequence[str] = (),
     ) -> None:
         self.levels = levels
         self.notices = notices
         self.service = service
         self._health: dict[str, _Health] = {}
         self._aborted = False
-        self._apply(settings)
+        self._apply(settings, operators)
 
-    def _apply(self, settings: NotifySettings) -> None:
+    def _apply(self, settings: NotifySettings, operators: Sequence[str] = ()) -> None:
         self.settings = settings
         retry = settings.retry
         self.retry_policy = RetryPolicy(
@@ -509,7 +533,8 @@ class NotifyChannel:
         )
         longest = settings.timeout * (settings.quick_retries + 1) + settings.quick_retries
         self.lease = max(120.0, longest * 4 + 10)
-        self.targets = {t.id: t for t in targets_of(settings)}
+        targets = [*targets_of(settings), *operator_targets_of(operators, settings)]
+        self.targets = {t.id: t for t in targets}
         guard = Guard.build(settings.allow_hosts, settings.allow_networks)
         self.sender = Sender(guard, timeout=settings.timeout, threads=settings.concurrency)
         for target in self.targets.values():
@@ -533,7 +558,7 @@ class NotifyChannel:
         old = self.sender
         self.levels = Levels(settings.scale_map())
         self.service = settings.service.name
-        self._apply(settings.notify)
+        self._apply(settings.notify, settings.operators.notify)
         old.close()
 
     def close(self) -> None:
@@ -714,13 +739,14 @@ async def enable(notices: NoticeStore, settings: NotifySettings, target: str) ->
 
 def build_notify(settings: Settings, notices: NoticeStore | None) -> NotifyChannel | None:
     """The channel, or None without a ``notify`` section with targets (Apprise stays unloaded)."""
-    if settings.notify is None or not settings.notify.targets:
+    if settings.notify is None or not (settings.notify.targets or settings.operators.notify):
         return None
     return NotifyChannel(
         settings.notify,
         levels=Levels(settings.scale_map()),
         notices=notices,
         service=settings.service.name,
+        operators=settings.operators.notify,
     )
 
 
@@ -732,7 +758,7 @@ class Notify(Plugged):
         self.channel = channel
 
     async def reconfigure(self, old: Settings, new: Settings) -> list[str]:
-        if new.notify is None or not new.notify.targets:
+        if new.notify is None or not (new.notify.targets or new.operators.notify):
             return ["notify (the section was removed: its targets keep their rows until restart)"]
         await self.channel.reconfigure(new)
         return []

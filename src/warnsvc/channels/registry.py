@@ -37,7 +37,6 @@ _CHANNEL_AT: dict[str, Entry] = {
     "webhooks": Entry("warnsvc.channels.webhooks"),
     "email": Entry("warnsvc.channels.email", section="email"),
     "notify": Entry("warnsvc.channels.notify", section="notify"),
-    "operators": Entry("warnsvc.operators"),
 }
 """Channel name -> where its :class:`ChannelKind` is. Add new channels here."""
 

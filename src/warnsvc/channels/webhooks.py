@@ -29,7 +29,9 @@ dispatcher releases them untouched.
 from __future__ import annotations
 
 import asyncio
+import base64
 import binascii
+import hashlib
 import hmac
 import json
 import logging
@@ -72,6 +74,7 @@ from warnsvc.model import Event, EventType, Scale
 from warnsvc.outbox import Delivery, RetryPolicy
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter, hash_key
 from warnsvc.security.ssrf import Guard, GuardedResolver, UnsafeAddressError, UnsafeUrlError
+from warnsvc.store.notices import OPERATOR_NOTICE
 from warnsvc.store.webhooks import (
     OPERATORS,
     WEBHOOKS_CHANNEL,
@@ -618,6 +621,16 @@ def _aborted(delivery: Delivery) -> Outcome:
 
 STATIC_PREFIX = "cfg_"
 """Endpoints declared in the YAML have the id ``cfg_<id>``; API-made ones ``ep_...``."""
+OPERATOR_PREFIX = "ops_"
+"""The operators' webhooks (``operators.webhooks``) are static endpoints ``ops_<hash of URL>``
+that receive operators' notices only."""
+OPERATOR_FILTER = Filter(event_types=(OPERATOR_NOTICE,))
+"""Passes no routed event: operators' notices are queued by the notice forwarder."""
+
+
+def operator_endpoint_id(url: str) -> str:
+    """The endpoint id of an operators' webhook URL (stable while the URL is)."""
+    return OPERATOR_PREFIX + hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def level_ranks(scales: Mapping[str, Scale]) -> Levels:
@@ -690,7 +703,35 @@ def static_endpoints(settings: Settings, ranks: Levels, *, now: datetime) -> lis
         )
     if problems:
         raise ConfigError(problems)
-    return found
+    return found + operator_endpoints(settings, now=now)
+
+
+def operator_endpoints(settings: Settings, *, now: datetime) -> list[Endpoint]:
+    """The operators' webhooks as endpoints: signed with their ``secret``, or else with one
+    derived from the URL (a receiver that does not verify signatures ignores it)."""
+    found: dict[str, Endpoint] = {}
+    for declared in settings.operators.webhooks:
+        url = str(declared.url)
+        endpoint_id = operator_endpoint_id(url)
+        found[endpoint_id] = Endpoint(
+            id=endpoint_id,
+            partner_id=None,
+            url=url,
+            description="operators' notices (operators.webhooks)",
+            enabled=True,
+            disabled_reason=None,
+            static=True,
+            filters=OPERATOR_FILTER,
+            secret=declared.secret or _derived_secret(url),
+            created_at=now,
+            updated_at=now,
+        )
+    return list(found.values())
+
+
+def _derived_secret(url: str) -> str:
+    digest = hashlib.sha256(b"warnsvc operators' webhook " + url.encode()).digest()
+    return "whsec_" + base64.b64encode(digest).decode("ascii")
 
 
 class Webhooks(Plugged):
