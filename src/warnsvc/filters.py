@@ -18,9 +18,9 @@ Test pings (``webhook.test``) pass no filter: they go only to the endpoint that 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from warnsvc.model import Event, EventType, Level, Scale
 
@@ -74,6 +74,19 @@ class Levels(Mapping[str, tuple[str, int]]):
         return any(rank is not None and rank >= threshold for rank in ranks)
 
 
+class FilterKeys(Protocol):
+    """The four filter keys as a config section has them (a subscriber, a notify target)."""
+
+    @property
+    def situations(self) -> Sequence[str]: ...
+    @property
+    def sources(self) -> Sequence[str]: ...
+    @property
+    def min_level(self) -> str | None: ...
+    @property
+    def event_types(self) -> Sequence[str]: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Filter:
     """What a recipient receives. Empty means everything; the keys combine with AND."""
@@ -91,6 +104,16 @@ class Filter:
             sources=tuple(data.get("sources") or ()),
             min_level=data.get("min_level") or None,
             event_types=tuple(data.get("event_types") or ()),
+        )
+
+    @classmethod
+    def of(cls, keys: FilterKeys) -> Filter:
+        """The filter a config section declares with the four keys."""
+        return cls(
+            situations=tuple(keys.situations),
+            sources=tuple(keys.sources),
+            min_level=keys.min_level or None,
+            event_types=tuple(keys.event_types),
         )
 
     def to_json(self) -> dict[str, Any]:

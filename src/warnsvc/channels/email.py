@@ -857,12 +857,7 @@ class EmailParts(Plugged):
                 address=s.address,
                 name=s.name,
                 mode=s.mode,
-                filters=Filter(
-                    situations=tuple(s.situations),
-                    sources=tuple(s.sources),
-                    min_level=s.min_level,
-                    event_types=tuple(s.event_types),
-                ),
+                filters=Filter.of(s),
             )
             for s in self.settings.subscribers
         ]

@@ -352,12 +352,7 @@ def targets_of(settings: NotifySettings) -> list[Target]:
             config.url,
             id=target_id(config, n),
             name=config.name,
-            filter=Filter(
-                situations=tuple(config.situations),
-                sources=tuple(config.sources),
-                min_level=config.min_level,
-                event_types=tuple(config.event_types),
-            ),
+            filter=Filter.of(config),
             timeout=settings.timeout,
         )
         for n, config in enumerate(settings.targets, 1)

@@ -695,7 +695,7 @@ def static_endpoints(settings: Settings, ranks: Levels, *, now: datetime) -> lis
                 enabled=declared.enabled,
                 disabled_reason=None,
                 static=True,
-                filters=Filter.from_json(declared.filters.model_dump(mode="json")),
+                filters=Filter.of(declared.filters),
                 secret=declared.secret,
                 created_at=now,
                 updated_at=now,
