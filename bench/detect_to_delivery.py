@@ -38,9 +38,10 @@ from typing import Any
 
 import aiohttp
 
+from loopback import free_port
 from warnsvc.config import parse_config
 from warnsvc.service import build_components
-from webhook_fanout import _database, _free_port, add_endpoints
+from webhook_fanout import _database, add_endpoints
 
 LEVELS = ("Serious Concern", "Imminent Risk", "Current Crisis")
 
@@ -226,7 +227,7 @@ def _quantile(values: list[float], q: float) -> float:
 async def main(
     endpoints: int, trials: int, confirmations: int, store: str, database: str | None
 ) -> dict[str, Any]:
-    source_port, hook_port = _free_port(), _free_port()
+    source_port, hook_port = free_port(), free_port()
     context = multiprocessing.get_context("spawn")
     control, arrivals, ready = context.Queue(), context.Queue(), context.Event()
     process = context.Process(

@@ -33,7 +33,6 @@ import json
 import multiprocessing
 import resource
 import smtplib
-import socket
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from typing import Any
 
 import aiosmtplib
 
+from loopback import free_port
 from warnsvc.channels.base import Channel
 from warnsvc.channels.email import (
     DIGEST_CHANNEL,
@@ -84,13 +84,6 @@ def _serve(port: int, count: Any, ready: Any, stop: Any) -> None:
     ready.set()
     stop.wait()
     controller.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --------------------------------------------------------------------------- the runs

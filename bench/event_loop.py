@@ -39,7 +39,6 @@ import html
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from loopback import free_port
 
 TARGET_P99_MS = 100.0
 
@@ -165,12 +166,6 @@ def serve_documents(port_pipe: Any) -> None:
 
 
 # -- the service -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(folder: Path, docs: str, port: int, interval: float) -> Path:
@@ -367,7 +362,7 @@ def report(phases: list[dict[str, Any]], sources: dict[str, Any], log_tail: str)
         return [v for p in phases if p["mode"] == mode for v in p["latencies"]]
 
     def round_p99(mode: str) -> float:
-        return round(statistics.median(p["p99_ms"] for p in phases if p["mode"] == mode), 2)
+        return round(float(statistics.median(p["p99_ms"] for p in phases if p["mode"] == mode)), 2)
 
     load, base = summary(pooled("large")), summary(pooled("tiny"))
     if log_tail.strip():

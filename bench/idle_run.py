@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from loopback import free_port
 
 TARGET_RSS_MB = 80.0
 PAGE = """<!doctype html>
@@ -68,12 +69,6 @@ class Sample:
     peak_rss_mb: float
     cpu_seconds: float
     start_seconds: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:

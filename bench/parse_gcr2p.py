@@ -79,7 +79,7 @@ def main() -> None:
         ("index_page", index, lambda: parse_index_page(index)),
     ):
         measured = rate(parse, args.seconds)
-        baseline = rate(lambda doc=doc: LexborHTMLParser(doc).body.text(), args.seconds)  # type: ignore[union-attr]
+        baseline = rate(lambda doc=doc: LexborHTMLParser(doc).body.text(), args.seconds)  # type: ignore[union-attr,misc]
         figures[name] = {
             "pages_per_s": round(measured, 1),
             "baseline": round(baseline, 1),

@@ -41,7 +41,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loopback import free_port, serve_forever
+
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = ("Serious Concern", "Imminent Risk", "Current Crisis")
 WORDS = [
@@ -59,12 +60,6 @@ WORDS = [
     *["obligations", "government", "forces", "militia", "villages", "region", "accountability"],
     *["sanctions", "mission", "mandate", "refugees", "border", "humanitarian"],
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def page_body(n: int) -> bytes:
@@ -93,7 +88,6 @@ def page_body(n: int) -> bytes:
 
 
 def _serve(port: int, pages: int, etag: bool, ready: Any) -> None:  # runs in the child process
-    import asyncio
 
     from aiohttp import web
 
@@ -113,16 +107,7 @@ def _serve(port: int, pages: int, etag: bool, ready: Any) -> None:  # runs in th
             return web.Response(body=body, content_type="text/html", headers={"ETag": tag})
         return web.Response(body=body, content_type="text/html")
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/page/{n}", page)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    serve_forever(port, [("GET", "/page/{n}", page)], ready)
 
 
 def warnsvc_config(base: str, pages: int, database: str, feeds: Path) -> str:
@@ -256,7 +241,7 @@ def main(
     etag: bool,
     with_urlwatch: bool,
 ) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     child = context.Process(target=_serve, args=(port, pages, etag, ready), daemon=True)

@@ -28,7 +28,6 @@ import contextlib
 import json
 import multiprocessing
 import resource
-import socket
 import sys
 import tempfile
 import time
@@ -39,18 +38,13 @@ from typing import Any
 
 import aiohttp
 
+from loopback import free_port, serve_forever
 from warnsvc.config import parse_config
 from warnsvc.model import GCR2P_SCALE, Event, EventType
 from warnsvc.outbox import DELIVERED, IN_FLIGHT, PENDING
 from warnsvc.service import Components, build_components
 from warnsvc.store import schema
 from warnsvc.store.webhooks import generate_secret
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(port: int, count: Any, ready: Any) -> None:  # runs in the child process
@@ -62,16 +56,7 @@ def _serve(port: int, count: Any, ready: Any) -> None:  # runs in the child proc
             count.value += 1
         return web.Response(status=204)
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/hook/{n}", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-        ready.set()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    serve_forever(port, [("POST", "/hook/{n}", hook)], ready)
 
 
 async def add_endpoints(parts: Components, base: str, count: int) -> None:
@@ -269,7 +254,7 @@ async def main(
     database: str | None = None,
     replicas: int = 1,
 ) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     context = multiprocessing.get_context("spawn")
     count = context.Value("q", 0)
     ready = context.Event()
