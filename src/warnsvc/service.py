@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import signal
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
     from warnsvc.web.pages import Site
 
 log = logging.getLogger(__name__)
+
+RELOADS_KEPT = 10
+"""How many recent config reloads the service remembers for the console."""
 
 IDLE_TRIM_DELAY = 1.0
 """Seconds after the last running poll ends before its freed memory is handed back."""
@@ -228,6 +232,8 @@ class Service:
         self.watcher: ConfigWatcher | None = None
         self.port: int | None = None
         self.last_reload: dict[str, Any] = {"result": None, "at": None, "problems": []}
+        self.reloads: deque[dict[str, Any]] = deque(maxlen=RELOADS_KEPT)
+        """The recent reloads, newest last (the console lists them)."""
         self._background: set[asyncio.Task[bool]] = set()
         self._dead_letters_checked = 0.0
         self.webhook_api: WebhookApi | None = None
@@ -298,6 +304,7 @@ class Service:
                     "at": _iso(_now()),
                     "problems": [str(p) for p in exc.problems],
                 }
+                self.reloads.append(self.last_reload)
                 return False
             plan = plan_reload(self.settings, new)
             restart = [*plan.restart_needed, *await self._apply(new, plan)]
@@ -308,6 +315,7 @@ class Service:
                 "problems": [],
                 "restart_needed": restart,
             }
+            self.reloads.append(self.last_reload)
             log.info("config reloaded: %s", plan.summary(), extra={"action": "config_reloaded"})
             for key in restart:
                 log.warning(
@@ -633,7 +641,7 @@ class Service:
             settings=lambda: self.settings,
             next_polls=self._next_polls,
             poll_now=self.poll_now,
-            last_reload=lambda: self.last_reload,
+            reloads=lambda: list(self.reloads),
             publish=self._publish,
             retract=self._retract,
             wake=parts.dispatcher.wake,

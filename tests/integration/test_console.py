@@ -38,7 +38,10 @@ def make_console(store: Store, base_url: str) -> Console:
         settings=lambda: config,
         next_polls=dict,
         poll_now=lambda source: f"{source} is being polled now",
-        last_reload=lambda: {"result": "failed", "at": "now", "problems": ["x: <bad>"]},
+        reloads=lambda: [
+            {"result": "ok", "at": "earlier", "problems": [], "restart_needed": ["storage"]},
+            {"result": "failed", "at": "now", "problems": ["x: <bad>"]},
+        ],
         publish=refuse,
         retract=refuse,
         wake=lambda: None,
@@ -101,6 +104,9 @@ async def test_over_http_the_cookie_is_not_secure(
     text = await console.text()
     assert console.headers["Cache-Control"] == "no-store"
     assert "Operator console" in text and "x: &lt;bad&gt;" in text  # a reload's problems
+    # the recent reloads, newest first: the refused one, then the applied one
+    assert text.index("refused</strong> at now") < text.index("applied</strong> at earlier")
+    assert "Waiting for a restart: storage" in text
     assert "Dead letters" in text and "Sudan (gcr2p:sudan)" in text
 
 

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,7 +70,8 @@ class Console:
     next_polls: Callable[[], Mapping[str, str]]
     poll_now: Callable[[str], str]
     """Ask for a poll of a source now; returns what happened, in words."""
-    last_reload: Callable[[], Mapping[str, Any]]
+    reloads: Callable[[], Sequence[Mapping[str, Any]]]
+    """The recent config reloads, oldest first."""
     publish: Callable[[str, str, str], Awaitable[str]]
     """(situation, level, note) -> the new event's id; raises WarnsvcError with the reason."""
     retract: Callable[[str, str], Awaitable[str]]
@@ -160,7 +161,7 @@ class Console:
                 ],
             },
             dead=await self._dead_letters(),
-            reload=self._reload(),
+            reloads=self._reloads(),
             events=await self._events(),
             situations=[
                 (s.situation, clean(s.name) or s.situation)
@@ -228,14 +229,17 @@ class Console:
         found.sort(key=lambda row: int(row["id"]), reverse=True)
         return found[:100]
 
-    def _reload(self) -> dict[str, Any]:
-        last = self.last_reload()
-        return {
-            "result": last.get("result") or "none since the start",
-            "at": last.get("at") or "",
-            "problems": [clean(p) for p in last.get("problems") or []],
-            "restart": [clean(k) for k in last.get("restart_needed") or []],
-        }
+    def _reloads(self) -> list[dict[str, Any]]:
+        """The recent reloads, newest first, with their problems and what waits for a restart."""
+        return [
+            {
+                "result": clean(reload.get("result") or ""),
+                "at": clean(reload.get("at") or ""),
+                "problems": [clean(p) for p in reload.get("problems") or []],
+                "restart": [clean(k) for k in reload.get("restart_needed") or []],
+            }
+            for reload in reversed(self.reloads())
+        ]
 
     async def _events(self) -> list[dict[str, Any]]:
         found = []
