@@ -116,7 +116,9 @@ async def test_a_reload_adds_a_static_endpoint_and_a_subscriber(
             return {}
 
     try:
-        await until(lambda: _polled(site), "the baseline poll")
+        # recorded, not only fetched: a reload that re-times the source while the baseline is
+        # still being written would make the next poll the baseline, with nothing to announce
+        await until(lambda: _recorded(base), "the baseline poll")
         site.set("/populations-at-risk/", index_html({"Current Crisis": [("mali", "Mali")]}))
         site.set("/countries/mali/", country_html("Mali", level="Current Crisis"))
         # The edit adds both recipients and re-times the source, which makes it poll at once.
@@ -154,5 +156,17 @@ async def test_a_reload_adds_a_static_endpoint_and_a_subscriber(
         controller.stop()
 
 
-async def _polled(site: Site) -> bool:
-    return site.hits.get("/countries/mali/", 0) >= 1
+async def _recorded(base: str) -> bool:
+    """Whether a poll of source gcr2p has been recorded (``/metrics`` counts it then)."""
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return False
+    return any(
+        line.startswith("warnsvc_polls_total{")
+        and 'source="gcr2p"' in line
+        and 'result="ok"' in line
+        and float(line.rsplit(" ", 1)[1]) >= 1
+        for line in text.splitlines()
+    )
