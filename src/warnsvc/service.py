@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import signal
+import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -582,7 +583,9 @@ class Service:
             from warnsvc.web.subscriptions import FORM_CHOICES
 
             app[FORM_CHOICES] = self.site.form_choices
-        self.runner = web.AppRunner(app, access_log=None)
+        # requests still running at a stop get the service's own grace, not aiohttp's minute
+        grace = self.settings.service.shutdown_timeout
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=grace)
         await self.runner.setup()
         site = web.TCPSite(self.runner, http.host, http.port)
         try:
@@ -831,7 +834,69 @@ class Service:
             for signum in (*signals, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
-            await self.stop()
+            watchdog = StopWatchdog(self.settings.service.shutdown_timeout + STOP_MARGIN, loop)
+            watchdog.start()
+            try:
+                await self.stop()
+            finally:
+                watchdog.cancel()
+
+
+STOP_MARGIN = 10.0
+"""Seconds a stop may take beyond ``service.shutdown_timeout`` (closing the store, the web
+server and the sessions) before :class:`StopWatchdog` ends the process."""
+
+
+class StopWatchdog:
+    """End a stop that hangs: after ``limit`` seconds, write every thread's stack and every
+    pending task to stderr, then exit with status 1.
+
+    A thread, not a task, so that it fires even when the event loop itself is blocked. Exiting
+    is safe for the same reason a second signal is: every event and delivery is durable before
+    it is sent, and rows in flight are claimed again when their lease ends.
+    """
+
+    def __init__(self, limit: float, loop: asyncio.AbstractEventLoop) -> None:
+        self.limit = limit
+        self._loop = loop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stop-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        if self._done.wait(self.limit):
+            return
+        log.error(
+            "the stop did not finish within %gs: exiting; what it waited on follows",
+            self.limit,
+            extra={"action": "stop_hung"},
+        )
+        self._dump()
+        logging.shutdown()
+        os._exit(1)
+
+    def _dump(self) -> None:
+        import faulthandler
+        import sys
+
+        with contextlib.suppress(Exception):
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        for _ in range(3):  # the loop's thread may change the set of tasks as we copy it
+            try:
+                tasks = list(asyncio.all_tasks(self._loop))
+            except RuntimeError:
+                continue
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    task.print_stack(limit=8, file=sys.stderr)
+            break
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
 
 
 MALLOC_ARENAS = 2

@@ -83,6 +83,20 @@ async def start(config: Path, cwd: Path) -> asyncio.subprocess.Process:
     )
 
 
+async def terminate(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then its stderr once it exited with 0; what it printed is the failure's text
+    otherwise (a stop that hangs is ended by the service's own watchdog, which prints stacks)."""
+    proc.terminate()
+    try:
+        code = await asyncio.wait_for(proc.wait(), 40)
+    except TimeoutError:
+        proc.kill()
+        code = await proc.wait()
+    stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
+    assert code == 0, f"exit status {code} after SIGTERM; stderr:\n{stderr[-8000:]}"
+    return stderr
+
+
 async def wait_for(condition, limit: float, what: str) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -178,8 +192,7 @@ async def test_sigterm_releases_rows_in_flight(tmp_path: Path, site: Site, aioht
     try:
         await wait_for(lambda: len(receiver.received) >= 8, 30, "sends to hang")
         started = time.monotonic()
-        proc.terminate()
-        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        await terminate(proc)
         assert time.monotonic() - started < 5 + 1  # within shutdown_timeout
     finally:
         if proc.returncode is None:
@@ -261,7 +274,5 @@ async def test_the_running_service_serves_the_api(tmp_path: Path) -> None:
             async with http.get(f"{base}/endpoints", headers=headers) as response:
                 assert response.status == 200 and (await response.json()) == {"data": []}
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 15)
-    stderr = (await proc.stderr.read()).decode() if proc.stderr else ""
+        stderr = await terminate(proc)
     assert "partner-key-for-the-cli-test-0123" not in stderr  # keys are never logged
