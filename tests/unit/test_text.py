@@ -237,6 +237,27 @@ def test_normalize_space() -> None:
     assert normalize_space("\u2003a\u00a0\u00a0b\u200b\n") == "a b"
 
 
+INVISIBLE_MARKS = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+
+
+@pytest.mark.parametrize("plane", [range(0x3100), range(0xFE00, 0x10000), range(0x1F000, 0x1F100)])
+def test_normalize_space_treats_each_character_by_its_class(plane: range) -> None:
+    """Every Unicode space (as str.isspace) is spacing, the six invisible marks vanish and
+    every other character stays as it is, between words and at either end."""
+    for point in plane:
+        char = chr(point)
+        if 0xD800 <= point <= 0xDFFF:
+            continue
+        if char in INVISIBLE_MARKS:
+            middle, ends = "ab", "ab"
+        elif char.isspace():
+            middle, ends = "a b", "a b"
+        else:
+            middle, ends = f"a{char}{char}b", f"{char}a{char}b{char}"
+        assert normalize_space(f"a{char}{char}b") == middle, hex(point)
+        assert normalize_space(f"{char}a{char}b{char}") == ends, hex(point)
+
+
 HTML_TOKENS = st.sampled_from(
     [
         "<p>", "</p>", "<li>", "</li>", "<ul>", "<div>", "</div>", "<br>", "<main>", "</main>",

@@ -52,6 +52,7 @@ _CELL_TAGS = frozenset({"td", "th"})
 
 _SPACES = re.compile(r"[\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 _INVISIBLE = re.compile(r"[\u00ad\u200b-\u200d\u2060\ufeff]")
+_INVISIBLES = ("\u00ad", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff")
 _ANY_TAG = re.compile(r"<[A-Za-z!/][^<>]*>")
 _HTML_START = re.compile(
     r"(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html)\b", re.I | re.S
@@ -72,8 +73,14 @@ _BOMS = (
 
 
 def normalize_space(text: str) -> str:
-    """One line of text with invisible characters removed and all spacing as single spaces."""
-    return _SPACES.sub(" ", _INVISIBLE.sub("", text)).strip()
+    """One line of text with invisible characters removed and all spacing as single spaces.
+
+    ``str.split()`` breaks on exactly the characters ``_SPACES`` matches (every character
+    ``str.isspace()`` accepts), in C and several times faster than the regex on a page's text.
+    """
+    if any(mark in text for mark in _INVISIBLES):  # rare: skip the regex's scan when absent
+        text = _INVISIBLE.sub("", text)
+    return " ".join(text.split())
 
 
 def text_to_lines(text: str) -> list[str]:
