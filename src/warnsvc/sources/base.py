@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from warnsvc.errors import SourceParseError, SourceUnavailableError
 from warnsvc.model import Observation, Scale
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+T = TypeVar("T")
 R_contra = TypeVar("R_contra", contravariant=True)
 
 
@@ -73,9 +75,12 @@ class Page:
     """A fetched (or revalidated) document, decoded to text."""
 
     url: str
+    """Where the redirects ended."""
     text: str
     content_type: str | None
     not_modified: bool
+    requested: str
+    """The address asked for (the page's key in a :class:`ParseMemo`)."""
 
 
 class PageLoader:
@@ -101,6 +106,7 @@ class PageLoader:
                 text=decode_body(cached.body, cached.content_type),
                 content_type=cached.content_type,
                 not_modified=True,
+                requested=url,
             )
         if self.cache is not None and (result.etag or result.last_modified):
             from warnsvc.store.db import CachedPage
@@ -120,7 +126,51 @@ class PageLoader:
             text=decode_body(result.body, result.content_type),
             content_type=result.content_type,
             not_modified=False,
+            requested=url,
         )
+
+
+class ParseMemo:
+    """What a source last read in each of its documents, by content: a document that comes
+    back unchanged (a 304 answered from the cached copy, or the same bytes again) is not parsed
+    again. Parse functions are pure (the text, the address, the content type and the source's
+    fixed settings decide the result), so the reuse is exact; a failed parse is not kept.
+
+    One entry per document address, the last one read: a digest and the result. A source that
+    reads several documents (an index and the pages it links to) calls :meth:`sweep` after a
+    whole poll, so addresses no longer linked are forgotten. A source rebuilt by a config
+    reload starts with an empty memo.
+    """
+
+    __slots__ = ("_entries", "_read")
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Hashable, Any]] = {}
+        self._read: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def sweep(self) -> None:
+        """Forget every address not read since the last sweep."""
+        for address in self._entries.keys() - self._read:
+            del self._entries[address]
+        self._read.clear()
+
+    async def parse(
+        self, page: Page, run: Callable[[], Awaitable[T]], *, also: Hashable = None
+    ) -> T:
+        """``run()``'s result for ``page``: the kept one when ``page`` (and ``also``, the
+        parse's other varying arguments) is what was read last time at its address."""
+        digest = hashlib.blake2b(page.text.encode("utf-8", "surrogatepass"), digest_size=20)
+        key = (digest.digest(), page.url, page.content_type, also)
+        self._read.add(page.requested)
+        kept = self._entries.get(page.requested)
+        if kept is not None and kept[0] == key:
+            return cast("T", kept[1])
+        result = await run()
+        self._entries[page.requested] = (key, result)
+        return result
 
 
 @contextlib.contextmanager
@@ -194,20 +244,27 @@ class RulesSource(Generic[R]):
         self.parse = parse
         self.rules = rules
         self.limits = limits
+        self.memo = ParseMemo()
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-        with about(self.url):
-            return await parse_bounded(
-                self.parse,
-                page.text,
-                limits=self.limits,
-                url=page.url,
-                content_type=page.content_type,
-                scale=self.info.scale,
-                namespace=self.info.namespace,
-                rules=self.rules,
-            )
+
+        async def parse() -> tuple[Observation, ...]:
+            with about(self.url):
+                return tuple(
+                    await parse_bounded(
+                        self.parse,
+                        page.text,
+                        limits=self.limits,
+                        url=page.url,
+                        content_type=page.content_type,
+                        scale=self.info.scale,
+                        namespace=self.info.namespace,
+                        rules=self.rules,
+                    )
+                )
+
+        return list(await self.memo.parse(page, parse))
 
 
 def rules_kind(

@@ -40,9 +40,9 @@ from typing import Any
 from urllib.parse import urljoin
 from xml.etree.ElementTree import Element
 
-from warnsvc.errors import SourceError, SourceParseError
+from warnsvc.errors import SourceParseError
 from warnsvc.model import CAP_SEVERITY_SCALE, Observation, Scale, Status, normalize_name
-from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
+from warnsvc.sources.base import Page, PageLoader, ParseMemo, Source, SourceInfo, SourceKind, about
 from warnsvc.sources.items import (
     LevelMap,
     day_of,
@@ -361,15 +361,25 @@ class CapSource:
         self.max_links = max_links
         self.link_delay = link_delay
         self.limits = limits
+        self.memo = ParseMemo()
+
+    async def _read(self, page: Page) -> tuple[tuple[_Message, ...], tuple[str, ...]]:
+        async def read() -> tuple[tuple[_Message, ...], tuple[str, ...]]:
+            with about(page.requested):
+                messages, links = await parse_bounded(
+                    read_messages, page.text, limits=self.limits, url=page.url
+                )
+            return tuple(messages), tuple(links)
+
+        return await self.memo.parse(page, read)
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-        with about(self.url):
-            messages, links = await parse_bounded(
-                read_messages, page.text, limits=self.limits, url=page.url
-            )
+        read, links = await self._read(page)
+        messages = list(read)
         if self.follow_links:
-            messages.extend(await self._follow(links[: self.max_links]))
+            messages.extend(await self._follow(list(links[: self.max_links])))
+        self.memo.sweep()
         with about(self.url):
             return observe_messages(
                 messages,
@@ -385,13 +395,7 @@ class CapSource:
             if position and self.link_delay > 0:
                 await asyncio.sleep(self.link_delay)
             page = await self.loader.load(link)
-            try:
-                with about(link):
-                    messages, _ = await parse_bounded(
-                        read_messages, page.text, limits=self.limits, url=page.url
-                    )
-            except SourceError:
-                raise
+            messages, _ = await self._read(page)
             found.extend(replace(m, link=m.link or link) for m in messages)
         return found
 

@@ -48,7 +48,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from warnsvc.errors import NoRiskInformationError, PageGoneError, UnknownLevelError
 from warnsvc.model import GCR2P_SCALE, Level, Observation, Scale, Status, normalize_name
 from warnsvc.model import situation_id as make_situation_id
-from warnsvc.sources.base import PageLoader, Source, SourceInfo, SourceKind, about
+from warnsvc.sources.base import PageLoader, ParseMemo, Source, SourceInfo, SourceKind, about
 from warnsvc.sources.text import Link, looks_like_html, render_html, text_to_lines
 from warnsvc.sources.worker import DEFAULT_LIMITS, ParseLimits, limits_from_settings, parse_bounded
 
@@ -894,21 +894,25 @@ class CountryPageSource:
         self.url = url
         self.name_hint = _name_from_url(url)
         self.limits = limits
+        self.memo = ParseMemo()
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-        with about(self.url):
-            observation = await parse_bounded(
-                parse_country_page,
-                page.text,
-                limits=self.limits,
-                url=page.url,
-                content_type=page.content_type,
-                scale=self.info.scale,
-                namespace=self.info.namespace,
-                name_hint=self.name_hint,
-            )
-        return [observation]
+
+        async def parse() -> Observation:
+            with about(self.url):
+                return await parse_bounded(
+                    parse_country_page,
+                    page.text,
+                    limits=self.limits,
+                    url=page.url,
+                    content_type=page.content_type,
+                    scale=self.info.scale,
+                    namespace=self.info.namespace,
+                    name_hint=self.name_hint,
+                )
+
+        return [await self.memo.parse(page, parse)]
 
 
 class IndexSource:
@@ -937,19 +941,26 @@ class IndexSource:
         self.follow_pages = follow_pages
         self.page_delay = page_delay
         self.limits = limits
+        self.memo = ParseMemo()
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-        with about(self.url):
-            listed = await parse_bounded(
-                parse_index_page,
-                page.text,
-                limits=self.limits,
-                url=page.url,
-                content_type=page.content_type,
-                scale=self.info.scale,
-                namespace=self.info.namespace,
-            )
+
+        async def parse() -> tuple[Observation, ...]:
+            with about(self.url):
+                return tuple(
+                    await parse_bounded(
+                        parse_index_page,
+                        page.text,
+                        limits=self.limits,
+                        url=page.url,
+                        content_type=page.content_type,
+                        scale=self.info.scale,
+                        namespace=self.info.namespace,
+                    )
+                )
+
+        listed = list(await self.memo.parse(page, parse))
         if not self.follow_pages:
             return listed
         merged: list[Observation] = []
@@ -960,6 +971,7 @@ class IndexSource:
             if position and self.page_delay > 0:
                 await asyncio.sleep(self.page_delay)
             merged.append(await self._follow(entry, entry.url))
+        self.memo.sweep()
         return merged
 
     async def _follow(self, entry: Observation, url: str) -> Observation:
@@ -980,9 +992,10 @@ class IndexSource:
                 },
             )
             return entry
-        try:
+
+        async def parse() -> Observation:
             with about(url):
-                detail = await parse_bounded(
+                return await parse_bounded(
                     parse_country_page,
                     page.text,
                     limits=self.limits,
@@ -992,6 +1005,9 @@ class IndexSource:
                     namespace=self.info.namespace,
                     name_hint=entry.name,
                 )
+
+        try:
+            detail = await self.memo.parse(page, parse, also=(url, entry.name))
         except NoRiskInformationError:
             if entry.status is Status.ASSESSED:
                 raise
