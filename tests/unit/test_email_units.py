@@ -6,14 +6,25 @@ import asyncio
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
+from email.utils import formataddr
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from warnsvc.addresses import check_name, normalize_address, parse_mailbox
 from warnsvc.config import parse_config
 from warnsvc.errors import ConfigError
 from warnsvc.filters import Filter as Filters
-from warnsvc.mail.compose import MailTemplates, Rendered, Sender, build_message, safe_url
+from warnsvc.mail.compose import (
+    _BOUNDARY,
+    MailTemplates,
+    Rendered,
+    Sender,
+    _address_header,
+    build_message,
+    safe_url,
+)
 from warnsvc.mail.smtp import RateLimiter, SendError, classify
 from warnsvc.model import GCR2P_SCALE
 from warnsvc.store.subscriptions import digest_boundary
@@ -157,6 +168,37 @@ def test_headers_are_encoded_and_never_folded_into_a_leading_space() -> None:
     assert msg["Message-ID"] == "<evt_1.2@example.org>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+
+
+NAME_CHARS = st.sampled_from([*"Ana ZoëB.,\"\\()<>@:;[]=?_'!#~-", " ", "  ", "\u00e9", "\u4e2d"])
+
+
+@given(name=st.lists(NAME_CHARS, max_size=12).map("".join))
+def test_the_to_header_writes_a_name_as_formataddr_does(name: str) -> None:
+    address = "r@example.org"
+    assert _address_header(name, address) == (
+        formataddr((name, address), charset="utf-8") if name else address
+    )
+
+
+PART_TEXT = st.lists(
+    st.sampled_from(["--", "=", "_", "=_", "--=_warnsvc_alternative", "\n", " ", "a", "é", "=3D"]),
+    max_size=30,
+).map("".join)
+
+
+@given(text=PART_TEXT, html=PART_TEXT)
+def test_the_boundary_never_occurs_in_a_part(text: str, html: str) -> None:
+    """Even text that carries the boundary itself: quoted-printable writes its '=' as '=3D'."""
+    data = message(Rendered(subject="s", text=text, html=html))
+    body = data.split(b"\r\n\r\n", 1)[1]
+    assert body.count(b"--" + _BOUNDARY.encode("ascii")) == 3  # two openings and the close
+    msg = BytesParser(policy=policy.default).parsebytes(data)
+    parts = list(msg.iter_parts())
+    assert [part.get_content().replace("\r\n", "\n").rstrip("\n") for part in parts] == [
+        text.rstrip("\n"),
+        html.rstrip("\n"),
+    ]
 
 
 def test_templates_escape_html_but_not_text() -> None:

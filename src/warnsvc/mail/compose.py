@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import binascii
 import re
-import secrets
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -285,7 +284,7 @@ def build_message(
         fields.append(("List-Unsubscribe", f"<{unsubscribe_url}>"))
         fields.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
     fields += [(name, _unstructured(name, value)) for name, value in (headers or {}).items()]
-    boundary = f"=_warnsvc_{secrets.token_hex(12)}"
+    boundary = _BOUNDARY
     fields += [
         ("MIME-Version", "1.0"),
         ("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
@@ -315,7 +314,11 @@ def _mailbox_header(value: str) -> str:
 
 def _address_header(name: str | None, address: str) -> str:
     """``Name <a@example.org>``: the name quoted, or encoded when it is not ASCII."""
-    return formataddr((name, address), charset="utf-8") if name else address
+    if not name:
+        return address
+    if _PLAIN_PHRASE.fullmatch(name) and address.isascii():  # as formataddr writes it, sooner
+        return f"{name} <{address}>"
+    return formataddr((name, address), charset="utf-8")
 
 
 @lru_cache(maxsize=16)  # one date serves a whole batch
@@ -333,6 +336,12 @@ def quoted_printable(text: str) -> str:
     return binascii.b2a_qp(lines, istext=True).replace(b"\n", b"\r\n").decode("ascii")
 
 
+_BOUNDARY = "=_warnsvc_alternative"
+"""The MIME boundary. The same in every message, and safe: both parts are quoted-printable, in
+which ``=`` is always followed by two hex digits or a line break, so ``=_`` (and with it the
+boundary) can never occur in a part (RFC 2045, section 6.7, note 8)."""
+_PLAIN_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+"""A display name formataddr leaves as it is: atoms (RFC 5322 atext) single-spaced."""
 _PART = (
     'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
 )
