@@ -14,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import random
 import signal
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 from aiohttp import web
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from warnsvc.web.pages import Site
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RELOADS_KEPT = 10
 """How many recent config reloads the service remembers for the console."""
@@ -236,6 +238,7 @@ class Service:
         self.reloads: deque[dict[str, Any]] = deque(maxlen=RELOADS_KEPT)
         """The recent reloads, newest last (the console lists them)."""
         self._background: set[asyncio.Task[bool]] = set()
+        self._job_tasks: set[asyncio.Task[Any]] = set()
         self._dead_letters_checked = 0.0
         self.webhook_api: WebhookApi | None = None
         self.site: Site | None = None
@@ -364,13 +367,41 @@ class Service:
             self.cluster.reconfigure(self.settings)
         return restart
 
+    def _job(self, function: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """``function`` as a scheduler job whose task :meth:`stop` waits for: a job cut off
+        at a stop must finish unwinding (its transaction rolled back, its connection given
+        back) before the store closes, or the connection and its thread outlive the store."""
+
+        @functools.wraps(function)
+        async def job(*args: Any) -> T:
+            task = asyncio.current_task()
+            if task is not None:
+                self._job_tasks.add(task)
+            try:
+                return await function(*args)
+            except asyncio.CancelledError:
+                if not self._stopping:
+                    raise
+                # a stop cut it off: what it was writing is rolled back; no error
+                log.info(
+                    "%s interrupted by the shutdown",
+                    function.__name__,
+                    extra={"action": "job_interrupted"},
+                )
+                return cast("T", None)
+            finally:
+                if task is not None:
+                    self._job_tasks.discard(task)
+
+        return job
+
     async def _lead(self) -> None:
         """This replica leads now: poll every source at once, then on its interval."""
         assert self.parts is not None and self.scheduler is not None
         for source_id in self.parts.sources:
             self._schedule(source_id)
         self.scheduler.add_job(
-            self.prune,
+            self._job(self.prune),
             "interval",
             id="retention",
             hours=24,
@@ -380,7 +411,7 @@ class Service:
             replace_existing=True,
         )
         self.scheduler.add_job(
-            self.operator_checks,
+            self._job(self.operator_checks),
             "interval",
             id="operator-notices",
             seconds=5,
@@ -444,7 +475,7 @@ class Service:
         assert self.scheduler is not None
         config = self.settings.source(source_id)
         self.scheduler.add_job(
-            self.poll_job,
+            self._job(self.poll_job),
             "interval",
             args=[source_id],
             id=f"poll:{source_id}",
@@ -502,7 +533,7 @@ class Service:
         if report.pending and self.scheduler is not None:
             delay = self.settings.detection.confirm_delay
             self.scheduler.add_job(
-                self.poll_job,
+                self._job(self.poll_job),
                 "date",
                 args=[source_id],
                 id=f"confirm:{source_id}",
@@ -774,7 +805,12 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cluster_task
         if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=False)  # cancels the jobs running now
+        for task in self._background:
+            task.cancel()
+        unwinding = {*self._job_tasks, *self._background}
+        if unwinding:  # let them give their connections back before the store closes
+            await asyncio.wait(unwinding, timeout=timeout)
         if self._trim is not None:
             self._trim.cancel()
             self._trim = None

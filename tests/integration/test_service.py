@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -168,3 +171,38 @@ async def test_a_failing_source_is_retried_within_minutes_not_an_interval(
         assert 3500 <= next_try() <= 3600  # back on its interval
     finally:
         await service.stop()
+
+
+def database_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "_connection_worker_thread" in t.name]
+
+
+async def test_a_stop_during_the_retention_job_waits_for_it_and_closes_every_connection(
+    tmp_path: Path, site: Site, caplog
+):
+    """The retention job runs when a replica takes the lead; a stop then must not cut it off
+    mid-query: a connection it held would keep its database thread, and the process, alive."""
+    publish(site, "Imminent Risk")
+    before = set(database_threads())
+    service = service_for(tmp_path, site)
+    await service.start()
+    assert service.scheduler is not None and service.parts is not None
+    store = service.parts.store
+
+    async def baseline_done() -> bool:
+        health = await store.source_health("gcr2p")
+        return health is not None and health.baseline_done
+
+    await wait_for(baseline_done)
+    lock = sqlite3.connect(tmp_path / "s.db", timeout=10)
+    lock.execute("BEGIN IMMEDIATE")  # the next write (the job's DELETE) waits on this lock
+    service.scheduler.modify_job("retention", next_run_time=datetime.now(UTC))
+    await asyncio.sleep(0.5)  # the job has started and waits for the lock
+    release = asyncio.get_running_loop().call_later(0.5, lock.rollback)
+    try:
+        await asyncio.wait_for(service.stop(), 30)
+    finally:
+        release.cancel()
+        lock.close()
+    assert set(database_threads()) <= before, "a database thread outlived the stop"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
