@@ -172,6 +172,37 @@ class ParseMemo:
         self._entries[page.requested] = (key, result)
         return result
 
+    async def read(
+        self,
+        page: Page,
+        parse: Callable[..., Any],
+        *,
+        info: SourceInfo,
+        limits: ParseLimits,
+        url: str | None = None,
+        also: Hashable = None,
+        **arguments: Any,
+    ) -> Any:
+        """What ``parse`` reads in ``page`` (bounded, see :func:`parse_bounded`; a parse error
+        names the page), or the kept result: a list comes back as a tuple, never shared.
+        ``url``: the address the parser is told (default: where the redirects ended)."""
+
+        async def run() -> Any:
+            with about(page.requested):
+                result = await parse_bounded(
+                    parse,
+                    page.text,
+                    limits=limits,
+                    url=url or page.url,
+                    content_type=page.content_type,
+                    scale=info.scale,
+                    namespace=info.namespace,
+                    **arguments,
+                )
+            return tuple(result) if isinstance(result, list) else result
+
+        return await self.parse(page, run, also=(url, also))
+
 
 @contextlib.contextmanager
 def about(url: str) -> Iterator[None]:
@@ -248,23 +279,10 @@ class RulesSource(Generic[R]):
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-
-        async def parse() -> tuple[Observation, ...]:
-            with about(self.url):
-                return tuple(
-                    await parse_bounded(
-                        self.parse,
-                        page.text,
-                        limits=self.limits,
-                        url=page.url,
-                        content_type=page.content_type,
-                        scale=self.info.scale,
-                        namespace=self.info.namespace,
-                        rules=self.rules,
-                    )
-                )
-
-        return list(await self.memo.parse(page, parse))
+        read = await self.memo.read(
+            page, self.parse, info=self.info, limits=self.limits, rules=self.rules
+        )
+        return list(read)
 
 
 def rules_kind(

@@ -48,9 +48,9 @@ from urllib.parse import unquote, urljoin, urlsplit
 from warnsvc.errors import NoRiskInformationError, PageGoneError, UnknownLevelError
 from warnsvc.model import GCR2P_SCALE, Level, Observation, Scale, Status, normalize_name
 from warnsvc.model import situation_id as make_situation_id
-from warnsvc.sources.base import PageLoader, ParseMemo, Source, SourceInfo, SourceKind, about
+from warnsvc.sources.base import PageLoader, ParseMemo, Source, SourceInfo, SourceKind
 from warnsvc.sources.text import Link, looks_like_html, render_html, text_to_lines
-from warnsvc.sources.worker import DEFAULT_LIMITS, ParseLimits, limits_from_settings, parse_bounded
+from warnsvc.sources.worker import DEFAULT_LIMITS, ParseLimits, limits_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -898,21 +898,10 @@ class CountryPageSource:
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-
-        async def parse() -> Observation:
-            with about(self.url):
-                return await parse_bounded(
-                    parse_country_page,
-                    page.text,
-                    limits=self.limits,
-                    url=page.url,
-                    content_type=page.content_type,
-                    scale=self.info.scale,
-                    namespace=self.info.namespace,
-                    name_hint=self.name_hint,
-                )
-
-        return [await self.memo.parse(page, parse)]
+        observation = await self.memo.read(
+            page, parse_country_page, info=self.info, limits=self.limits, name_hint=self.name_hint
+        )
+        return [observation]
 
 
 class IndexSource:
@@ -945,22 +934,9 @@ class IndexSource:
 
     async def poll(self) -> list[Observation]:
         page = await self.loader.load(self.url)
-
-        async def parse() -> tuple[Observation, ...]:
-            with about(self.url):
-                return tuple(
-                    await parse_bounded(
-                        parse_index_page,
-                        page.text,
-                        limits=self.limits,
-                        url=page.url,
-                        content_type=page.content_type,
-                        scale=self.info.scale,
-                        namespace=self.info.namespace,
-                    )
-                )
-
-        listed = list(await self.memo.parse(page, parse))
+        listed = list(
+            await self.memo.read(page, parse_index_page, info=self.info, limits=self.limits)
+        )
         if not self.follow_pages:
             return listed
         merged: list[Observation] = []
@@ -992,22 +968,16 @@ class IndexSource:
                 },
             )
             return entry
-
-        async def parse() -> Observation:
-            with about(url):
-                return await parse_bounded(
-                    parse_country_page,
-                    page.text,
-                    limits=self.limits,
-                    url=url,
-                    content_type=page.content_type,
-                    scale=self.info.scale,
-                    namespace=self.info.namespace,
-                    name_hint=entry.name,
-                )
-
         try:
-            detail = await self.memo.parse(page, parse, also=(url, entry.name))
+            detail: Observation = await self.memo.read(
+                page,
+                parse_country_page,
+                info=self.info,
+                limits=self.limits,
+                url=url,
+                also=entry.name,
+                name_hint=entry.name,
+            )
         except NoRiskInformationError:
             if entry.status is Status.ASSESSED:
                 raise
