@@ -28,6 +28,7 @@ from warnsvc.store import schema
 from warnsvc.store.db import Store
 from warnsvc.store.migrations import head_revisions
 from warnsvc.store.replicas import Replica
+from warnsvc.store.subscriptions import Declared
 from warnsvc.store.webhooks import Endpoint
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
@@ -307,6 +308,28 @@ async def test_a_subscriber_confirms_then_unsubscribes(store: Store) -> None:
     found = await subscribers.subscriber_by_address("ana@example.org")
     assert found is not None and found.status == "active"
     assert await subscribers.unsubscribe(found.unsubscribe_token, now=T0) == "unsubscribed"
+
+
+async def test_subscribers_are_read_by_id_with_their_filters(store: Store) -> None:
+    subscribers = store.subscribers
+    declared = [
+        Declared(address="ana@example.org", name="Ana", mode="immediate", filters=MailFilters()),
+        Declared(
+            address="bo@example.org",
+            name=None,
+            mode="daily",
+            filters=MailFilters(situations=("gcr2p:sudan",), min_level="imminent-risk"),
+        ),
+    ]
+    await subscribers.sync_declared(declared, now=T0)
+    ana = await subscribers.subscriber_by_address("ana@example.org")
+    bo = await subscribers.subscriber_by_address("bo@example.org")
+    assert ana is not None and bo is not None
+    found = await subscribers.subscribers_by_id([bo.id, ana.id, bo.id, 10**6])
+    assert found == {ana.id: ana, bo.id: bo}  # as the one-row read gives them; unknown ids left out
+    assert found[bo.id].filters == declared[1].filters and found[bo.id].name is None
+    many = await subscribers.subscribers_by_id(range(1, 1200))  # more than one query's worth
+    assert set(many) == {ana.id, bo.id}
 
 
 async def test_replicas_forward_each_notice_once(open_store: Opener) -> None:

@@ -9,8 +9,11 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from warnsvc.channels.email import EmailOptions, Mailer, sender_from
 from warnsvc.filters import Filter as Filters
@@ -247,3 +250,9 @@ def test_encoding_by_lines_equals_encoding_the_filled_in_whole() -> None:
                 quoted_printable(rendered.text),
                 quoted_printable(rendered.html),
             )
+
+
+@given(token=st.text(max_size=48))
+def test_an_unsubscribe_link_quotes_its_token_as_quote_does(token: str) -> None:
+    url = mailer().options.unsubscribe_url(token)
+    assert url == f"{BASE_URL}/email/unsubscribe?token={quote(token, safe='')}"

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,10 +112,16 @@ class EmailOptions:
     level_names: Mapping[str, str] = field(default_factory=dict)
 
     def unsubscribe_url(self, token: str) -> str:
-        return f"{self.base_url}/email/unsubscribe?token={quote(token, safe='')}"
+        if not _UNRESERVED.fullmatch(token):  # tokens are URL-safe: quote only what is not
+            token = quote(token, safe="")
+        return f"{self.base_url}/email/unsubscribe?token={token}"
 
     def confirm_url(self, token: str) -> str:
         return f"{self.base_url}/email/confirm?token={quote(token, safe='')}"
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+"""What :func:`urllib.parse.quote` leaves as it is (RFC 3986 unreserved characters)."""
 
 
 class Mailer:
