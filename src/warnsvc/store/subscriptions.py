@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from warnsvc.filters import Filter
 from warnsvc.outbox import PENDING
 from warnsvc.store import schema
+from warnsvc.store.driver import rows_with_ids
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import startup_lock
 from warnsvc.store.notices import add_notice
@@ -224,35 +225,24 @@ class SubscriberStore:
         self.engine = engine
 
     async def subscribers_by_id(self, ids: Iterable[int]) -> dict[int, Subscriber]:
-        """These subscribers, one query per 500. Read for every claimed batch of mail, so
-        through the driver, as the outbox's hot path is: no per-value type processing."""
-        wanted = sorted(set(ids))
-        found: dict[int, Subscriber] = {}
-        postgres = self.engine.dialect.name == "postgresql"
+        """These subscribers. Read for every claimed batch of mail, so through the driver, as
+        the outbox's hot path is: no per-value type processing."""
         async with self.engine.connect() as conn:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                if postgres:
-                    result = await conn.exec_driver_sql(
-                        _BY_ID.format(which="id = ANY($1::integer[])"), (chunk,)
-                    )
-                else:
-                    which = f"id IN ({', '.join('?' * len(chunk))})"
-                    result = await conn.exec_driver_sql(_BY_ID.format(which=which), tuple(chunk))
-                rows: list[Any] = list(result.all())  # tuples, untyped through the driver
-                for row in rows:
-                    found[row[0]] = Subscriber(
-                        id=row[0],
-                        address=row[1],
-                        name=row[2],
-                        origin=row[3],
-                        status=row[4],
-                        mode=row[5],
-                        unsubscribe_token=row[6],
-                        hard_failures=row[7],
-                        filters=_filters(row[8]) if row[8] is not None else _NO_FILTER,
-                    )
-        return found
+            rows = await rows_with_ids(conn, _BY_ID, sorted(set(ids)), sql_type="integer")
+        return {
+            row[0]: Subscriber(
+                id=row[0],
+                address=row[1],
+                name=row[2],
+                origin=row[3],
+                status=row[4],
+                mode=row[5],
+                unsubscribe_token=row[6],
+                hard_failures=row[7],
+                filters=_filters(row[8]) if row[8] is not None else _NO_FILTER,
+            )
+            for row in rows
+        }
 
     async def subscriber_by_address(self, address: str) -> Subscriber | None:
         async with self.engine.connect() as conn:

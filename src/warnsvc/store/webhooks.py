@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import RowMapping
@@ -28,6 +28,7 @@ from warnsvc.filters import Filter
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import IN_FLIGHT, PENDING
 from warnsvc.store import schema
+from warnsvc.store.driver import rows_with_ids
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import startup_lock
 from warnsvc.store.notices import add_notice
@@ -49,9 +50,6 @@ def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_`` secret."""
     return base64.b64decode(secret.removeprefix("whsec_"))
 
-
-_IN_CHUNK = 900
-"""Values bound in one ``IN (...)``: under SQLite's old limit of 999 parameters."""
 
 _TARGETS = """
 SELECT id, partner_id, url, enabled, disabled_reason, secret, previous_secret,
@@ -312,51 +310,40 @@ class EndpointStore:
             return int((await conn.execute(query)).scalar_one())
 
     async def targets(self, ids: Iterable[str]) -> dict[str, SendTarget]:
-        """What sending needs of these endpoints: only the columns it uses, one query per 900.
+        """What sending needs of these endpoints: only the columns it uses.
 
         Read for every claimed batch, so through the driver (like the outbox's hot path): a
         batch of a thousand rows pays no per-value type processing.
         """
-        wanted = list(set(ids))
-        found: dict[str, SendTarget] = {}
-        postgres = self.engine.dialect.name == "postgresql"
         async with self.engine.connect() as conn:
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                if postgres:
-                    result = await conn.exec_driver_sql(
-                        _TARGETS.format(which="id = ANY($1::varchar[])"), (chunk,)
-                    )
-                else:
-                    which = f"id IN ({', '.join('?' * len(chunk))})"
-                    result = await conn.exec_driver_sql(_TARGETS.format(which=which), tuple(chunk))
-                rows = cast(list[tuple[Any, ...]], result.all())
-                for (
-                    endpoint_id,
-                    partner_id,
-                    url,
-                    enabled,
-                    disabled_reason,
-                    secret,
-                    previous_secret,
-                    previous_until,
-                    failures,
-                    failing_since,
-                ) in rows:
-                    keys: tuple[bytes, ...] = (secret_key(secret),)
-                    if previous_secret and previous_until is not None:
-                        keys += (secret_key(previous_secret),)
-                    found[endpoint_id] = SendTarget(
-                        id=endpoint_id,
-                        partner_id=partner_id,
-                        url=url,
-                        enabled=bool(enabled),
-                        disabled_reason=disabled_reason,
-                        keys=keys,
-                        previous_until=_utc(previous_until),
-                        consecutive_failures=failures,
-                        failing_since=_utc(failing_since),
-                    )
+            rows = await rows_with_ids(conn, _TARGETS, list(set(ids)), sql_type="varchar")
+        found: dict[str, SendTarget] = {}
+        for (
+            endpoint_id,
+            partner_id,
+            url,
+            enabled,
+            disabled_reason,
+            secret,
+            previous_secret,
+            previous_until,
+            failures,
+            failing_since,
+        ) in rows:
+            keys: tuple[bytes, ...] = (secret_key(secret),)
+            if previous_secret and previous_until is not None:
+                keys += (secret_key(previous_secret),)
+            found[endpoint_id] = SendTarget(
+                id=endpoint_id,
+                partner_id=partner_id,
+                url=url,
+                enabled=bool(enabled),
+                disabled_reason=disabled_reason,
+                keys=keys,
+                previous_until=_utc(previous_until),
+                consecutive_failures=failures,
+                failing_since=_utc(failing_since),
+            )
         return found
 
     async def update(self, endpoint_id: str, *, now: datetime, **changes: Any) -> Endpoint | None:
