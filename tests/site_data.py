@@ -7,7 +7,10 @@ are hostile markup (the pages must show it as text) and one delisted.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from warnsvc.model import GCR2P_SCALE, Event, EventType, SituationState, Status, new_event_id
 from warnsvc.store.db import HistoryEntry, Store
@@ -97,3 +100,14 @@ async def fill(store: Store) -> None:
     t += timedelta(days=2)
     delisted = _event(gone, "Gone Land", EventType.DELISTED, None, "serious-concern", t)
     await _poll(store, _state(gone, "Gone Land", None, Status.DELISTED, 1), delisted, t)
+
+
+@contextlib.asynccontextmanager
+async def filled_store(folder: Path) -> AsyncIterator[Store]:
+    """A SQLite store in ``folder`` with what :func:`fill` writes; closed on leaving."""
+    opened = await Store.open(f"sqlite+aiosqlite:///{folder / 'warnsvc.db'}")
+    try:
+        await fill(opened)
+        yield opened
+    finally:
+        await opened.close()

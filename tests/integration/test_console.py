@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.site_data import fill
+from tests.site_data import filled_store
 from warnsvc.config import parse_config
 from warnsvc.errors import WarnsvcError
 from warnsvc.store.db import Store
@@ -50,12 +50,8 @@ def make_console(store: Store, base_url: str) -> Console:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'warnsvc.db'}")
-    await fill(opened)
-    try:
+    async with filled_store(tmp_path) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 async def client_for(aiohttp_client: Any, store: Store, tmp_path: Path, base: str) -> Client:

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.integration.email_harness import Harness, options
-from tests.site_data import HOSTILE, fill
+from tests.site_data import HOSTILE, filled_store
 from tests.smtp_sink import free_port
 from warnsvc.config import Settings, parse_config
 from warnsvc.store.db import Store
@@ -42,12 +42,8 @@ async def ready(replica_only: bool = False) -> tuple[bool, dict[str, Any]]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'warnsvc.db'}")
-    await fill(opened)
-    try:
+    async with filled_store(tmp_path) as opened:
         yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

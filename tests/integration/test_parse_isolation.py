@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.unit.test_parse_worker import feed
 from warnsvc.config import parse_config
 from warnsvc.service import Service
 from warnsvc.store.db import SourceHealth
@@ -20,15 +21,7 @@ pytestmark = pytest.mark.slow
 
 def big_feed(entries: int) -> bytes:
     """A feed that feedparser needs many seconds to read, well under fetch.max_bytes."""
-    items = "".join(
-        f"<item><title>Situation {n}</title><guid>urn:s:{n}</guid><category>Orange</category>"
-        f"<description>Flooding in district {n}; several thousand people moved.</description>"
-        "</item>"
-        for n in range(entries)
-    )
-    return (
-        f'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>{items}</channel></rss>'
-    ).encode()
+    return feed(entries).encode()
 
 
 class FeedSite:
