@@ -14,12 +14,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import Site, country_html, index_html
 from tests.e2e.test_cli import free_port, warnsvc
 from tests.e2e.test_replicas import start, wait_for
-from tests.integration.webhook_helpers import Receiver
+from tests.integration.webhook_helpers import Receiver, serve_receiver
 from tests.pgserver import PostgresServer
 from warnsvc.store.db import Store
 
@@ -66,12 +65,7 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[
 
 @pytest.fixture
 async def receiver(aiohttp_server) -> Receiver:
-    found = Receiver()
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", found.handle)
-    server = await aiohttp_server(app)
-    found.base = str(server.make_url("")).rstrip("/")
-    return found
+    return await serve_receiver(aiohttp_server, "POST")
 
 
 def serve_mali(site: Site, level: str) -> None:

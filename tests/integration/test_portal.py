@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from standardwebhooks import Webhook
 
-from tests.integration.webhook_helpers import KEY_A, KEY_B, Receiver, make_settings
+from tests.integration.webhook_helpers import KEY_A, KEY_B, Receiver, make_settings, serve_receiver
 from warnsvc.config import Settings
 from warnsvc.service import Components, build_components
 from warnsvc.web.api import WebhookApi, make_api
@@ -54,12 +53,7 @@ def api(parts: Components) -> WebhookApi:
 
 @pytest.fixture
 async def receiver(aiohttp_server: Any) -> Receiver:
-    state = Receiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", state.handle)
-    server = await aiohttp_server(app)
-    state.base = str(server.make_url("")).rstrip("/")
-    return state
+    return await serve_receiver(aiohttp_server)
 
 
 async def portal_client(

@@ -18,7 +18,14 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from standardwebhooks import Webhook
 
-from tests.integration.webhook_helpers import KEY_A, KEY_B, Receiver, make_event, make_settings
+from tests.integration.webhook_helpers import (
+    KEY_A,
+    KEY_B,
+    Receiver,
+    make_event,
+    make_settings,
+    serve_receiver,
+)
 from warnsvc.security.keys import KeyRing, Partner, RateLimiter, hash_key
 from warnsvc.service import Components, build_components
 from warnsvc.web.api import event_schema, make_api, openapi_document
@@ -129,12 +136,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[Components]:
 
 @pytest.fixture
 async def receiver(aiohttp_server) -> Receiver:
-    state = Receiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", state.handle)
-    server = await aiohttp_server(app)
-    state.base = str(server.make_url("")).rstrip("/")
-    return state
+    return await serve_receiver(aiohttp_server)
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ from typing import Any
 
 import jsonschema
 import pytest
-from aiohttp import web
 from sqlalchemy import select
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.integration.webhook_helpers import Receiver, make_event, make_settings
+from tests.integration.webhook_helpers import Receiver, make_event, make_settings, serve_receiver
 from warnsvc.channels.webhooks import retry_after_seconds
 from warnsvc.filters import Filter as Filters
 from warnsvc.model import Event, EventType
@@ -27,12 +26,7 @@ from warnsvc.web.api import event_schema
 
 @pytest.fixture
 async def receiver(aiohttp_server) -> Receiver:
-    state = Receiver()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", state.handle)
-    server = await aiohttp_server(app)
-    state.base = str(server.make_url("")).rstrip("/")
-    return state
+    return await serve_receiver(aiohttp_server)
 
 
 async def open_parts(tmp_path: Path, **webhooks: Any) -> Components:

@@ -69,6 +69,16 @@ class Receiver:
         return web.Response(status=status, headers=headers)
 
 
+async def serve_receiver(aiohttp_server: Any, method: str = "*") -> Receiver:
+    """A :class:`Receiver` answering every path on loopback (pytest-aiohttp's server)."""
+    state = Receiver()
+    app = web.Application()
+    app.router.add_route(method, "/{tail:.*}", state.handle)
+    server = await aiohttp_server(app)
+    state.base = str(server.make_url("")).rstrip("/")
+    return state
+
+
 def settings_text(tmp_path: Path, extra: str = "", **webhooks: Any) -> str:
     options = {
         "allow_networks": '["127.0.0.0/8"]',
