@@ -1,7 +1,8 @@
 """An SMTP server on loopback for tests and the benchmark: aiosmtpd with a collecting handler.
 
-:class:`Sink` records every accepted message and can be told to refuse recipients (5xx or 4xx),
-fail DATA a number of times, require STARTTLS and AUTH. :func:`make_certificate` writes a
+:class:`Sink` records every accepted message (with its MAIL FROM options) and can be told to
+refuse senders or recipients (5xx or 4xx), fail DATA a number of times, require STARTTLS and
+AUTH, or offer SMTPUTF8. :func:`make_certificate` writes a
 throw-away self-signed certificate for 127.0.0.1/localhost with ``cryptography``.
 """
 
@@ -36,6 +37,7 @@ class Received:
     data: bytes
     tls: bool
     authenticated: bool
+    mail_options: list[str] = field(default_factory=list)
 
     def message(self) -> EmailMessage:
         parsed = BytesParser(policy=policy.default).parsebytes(self.data)
@@ -50,6 +52,8 @@ class Sink:
     received: list[Received] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     """address -> reply to RCPT TO, e.g. ``"550 5.1.1 no such user"``."""
+    refuse_from: dict[str, str] = field(default_factory=dict)
+    """sender -> reply to MAIL FROM."""
     data_failures: int = 0
     """Answer DATA with 451 this many times first."""
     data_reply: str | None = None
@@ -63,6 +67,16 @@ class Sink:
     ) -> list[str]:
         session.host_name = hostname
         return responses
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        reply = self.refuse_from.get(address)
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -89,6 +103,7 @@ class Sink:
                     tls=session.ssl is not None
                     or server.transport.get_extra_info("ssl_object") is not None,
                     authenticated=bool(session.authenticated),
+                    mail_options=list(envelope.mail_options),
                 )
             )
         return "250 Message accepted"
@@ -161,9 +176,15 @@ def start_sink(
     tls_context: ssl.SSLContext | None = None,
     implicit_tls: bool = False,
     auth: tuple[str, str] | None = None,
+    smtputf8: bool = False,
 ) -> Controller:
     """Start aiosmtpd on 127.0.0.1:``port`` (STARTTLS with ``tls_context``, or implicit TLS)."""
-    kwargs: dict[str, Any] = {"hostname": "127.0.0.1", "port": port, "data_size_limit": 10_000_000}
+    kwargs: dict[str, Any] = {
+        "hostname": "127.0.0.1",
+        "port": port,
+        "data_size_limit": 10_000_000,
+        "enable_SMTPUTF8": smtputf8,
+    }
     if tls_context is not None and implicit_tls:
         kwargs["ssl_context"] = tls_context
         kwargs["server_hostname"] = "localhost"
