@@ -18,11 +18,14 @@ CONFIG ?= config/warnsvc.yaml
 
 .PHONY: install install-dev run test lint typecheck pytest demo bench clean
 
-# The runtime: what `make run` needs, nothing more.
+# The runtime: what `make run` needs, nothing more. warnsvc's bytecode is written here: an
+# editable install writes none, and where Python may not write it later
+# (PYTHONDONTWRITEBYTECODE) every command would compile every module at every start.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(PIP) -e .
+	$(BIN)/python -m compileall -q src
 	touch $(STAMP)
 
 # The dev tools (pytest, ruff, mypy, ...) on top.
