@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -193,6 +195,29 @@ async def test_sqlite_runs_in_wal_mode_with_foreign_keys(store: Store) -> None:
         assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
         assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
         assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar_one() == 10000
+
+
+async def test_opening_waits_for_a_writer_to_let_the_file_switch_to_wal(tmp_path: Path) -> None:
+    """Switching a file to WAL needs it to itself, and while another connection writes to it
+    SQLite fails the switch at once ("database is locked") whatever the busy timeout: an opener
+    that meets a writer (a replica starting beside it) must wait for it, not fail."""
+    path = tmp_path / "warnsvc.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE earlier (x INTEGER)")  # a file in the default rollback mode
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO earlier VALUES (1)")  # a write in progress
+    done = threading.Timer(0.3, writer.execute, ("COMMIT",))
+    done.start()
+    try:
+        store = await Store.open(sqlite_url(path))
+    finally:
+        done.join()
+        writer.close()
+    try:
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
+    finally:
+        await store.close()
 
 
 async def test_opening_twice_is_idempotent(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from warnsvc.errors import StoreConflictError, StoreError, StoreUnavailableError
@@ -138,6 +139,36 @@ def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[s
         yield values[start : start + size]
 
 
+WAL_SWITCH_SECONDS = 10.0
+"""How long an opener keeps trying to switch a SQLite file to WAL while others hold it."""
+
+
+async def _use_wal(engine: AsyncEngine) -> None:
+    """Put the SQLite file in WAL mode, which it then keeps (every later opener only reads it).
+
+    The switch needs the file to itself, and while another connection is writing to it SQLite
+    answers "database is locked" at once instead of waiting ``busy_timeout``: an opener that
+    meets a writer (a replica starting beside it, migrating) tries again for up to
+    :data:`WAL_SWITCH_SECONDS`, and is done as soon as the file is in WAL mode, whoever
+    switched it.
+    """
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    pause = 0.005
+    while True:
+        async with engine.connect() as conn:
+            try:
+                mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                if str(mode).lower() != "wal":
+                    # switched, or a database with no WAL mode (one in memory) left as it is
+                    await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                return
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() + pause > deadline:
+                    raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class _PagesAhead:
     """Cached pages of some URLs, read together in one query when the first is asked for."""
 
@@ -157,9 +188,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
-        # first: switching a new file to WAL takes a lock another opener may hold for a moment
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")  # WAL: see _use_wal, run once per open
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -258,6 +287,8 @@ class Store:
             async with self.engine.connect() as conn:
                 await conn.execute(select(1))
                 version = conn.dialect.server_version_info
+            if self.engine_name == "sqlite":
+                await _use_wal(self.engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailableError(
                 f"storage.url: cannot connect: {_reason(exc)} ({_masked(url)})"
