@@ -175,7 +175,7 @@ async def transaction(client: aiosmtplib.SMTP, sender: str, recipient: str, mess
             await client.helo()
     utf8 = not (sender.isascii() and recipient.isascii())
     if utf8 and not client.supports_extension("smtputf8"):
-        raise ValueError(f"{recipient!r} needs SMTPUTF8, which the server does not offer")
+        raise ValueError("a non-ASCII address needs SMTPUTF8, which the server does not offer")
     options = [b"SMTPUTF8"] if utf8 else []
     if client.supports_extension("size"):
         options.append(b"SIZE=%d" % wire_length(message))
@@ -250,7 +250,7 @@ class SmtpPool:
                 await self.rate.acquire()
                 await transaction(conn.client, sender, recipient, message)
             except aiosmtplib.SMTPResponseException as exc:
-                # The server answered: the connection stays usable (aiosmtplib sent RSET).
+                # The server answered: the connection stays usable (transaction sent RSET).
                 self._put_back(conn)
                 raise classify(exc) from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
