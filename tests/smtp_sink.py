@@ -2,8 +2,8 @@
 
 :class:`Sink` records every accepted message (with its MAIL FROM options) and can be told to
 refuse senders or recipients (5xx or 4xx), fail DATA a number of times, require STARTTLS and
-AUTH, or offer SMTPUTF8. :func:`make_certificate` writes a
-throw-away self-signed certificate for 127.0.0.1/localhost with ``cryptography``.
+AUTH, or offer SMTPUTF8. :func:`make_certificate` writes a throw-away self-signed certificate
+for 127.0.0.1/localhost with ``cryptography``.
 """
 
 from __future__ import annotations
