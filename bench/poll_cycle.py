@@ -253,7 +253,8 @@ def warm_cycle_seconds(path: Path, env: dict[str, str], runs: int = 5) -> float:
 
 
 CORE_IMPORTS = (
-    "import aiohttp, sqlalchemy.ext.asyncio, pydantic, aiosqlite, selectolax.lexbor, yaml"
+    "import aiohttp, sqlalchemy.engine, sqlalchemy.util.concurrency, pydantic, aiosqlite,"
+    " selectolax.lexbor, yaml"
 )
 """What every warnsvc process that polls imports before any of its own code runs."""
 

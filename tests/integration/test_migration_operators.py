@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from warnsvc.store.aio import create_async_engine
 from warnsvc.store.migrations import MIGRATIONS
 
 URL_HOOK = "https://ops.example.org/hook"

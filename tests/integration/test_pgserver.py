@@ -8,9 +8,9 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.pgserver import ENV_URL, PostgresError, PostgresServer, asyncpg_dsn
+from warnsvc.store.aio import create_async_engine
 
 pytestmark = pytest.mark.postgres
 

@@ -628,7 +628,8 @@ async def test_a_database_at_the_old_heads_upgrades_with_its_notices(
     engine_name: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     import sqlalchemy as sa
-    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from warnsvc.store.aio import create_async_engine
 
     if engine_name == "sqlite":
         url = sqlite_url(tmp_path / "old.db")

@@ -39,11 +39,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from warnsvc.errors import StoreConflictError, StoreError, StoreUnavailableError
 from warnsvc.model import Event, SituationState, Status
 from warnsvc.store import schema
+from warnsvc.store.aio import AsyncConnection, AsyncEngine, create_async_engine
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import STARTUP_LOCK
 from warnsvc.store.migrations import current_revisions, head_revisions, upgrade

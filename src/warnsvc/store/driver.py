@@ -1,7 +1,7 @@
 """Reads on the hot path that go through the driver rather than SQLAlchemy's row processing.
 
 A claimed batch of a thousand outbox rows needs the rows of the endpoints or subscribers it
-names; read through :meth:`~sqlalchemy.ext.asyncio.AsyncConnection.exec_driver_sql`, they pay
+names; read through :meth:`~warnsvc.store.aio.AsyncConnection.exec_driver_sql`, they pay
 no per-value type processing. Each engine takes the list of ids its own way.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from warnsvc.store.aio import AsyncConnection
 
 IN_CHUNK = 500
 """Ids per query: within SQLite's limit on placeholders with room to spare."""

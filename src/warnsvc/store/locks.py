@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+from warnsvc.store.aio import AsyncConnection
 
 STARTUP_LOCK = 0x7761726E737601
 """Held while migrating and while syncing the YAML's endpoints and subscribers at start."""

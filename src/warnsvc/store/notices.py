@@ -16,9 +16,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.store import schema
+from warnsvc.store.aio import AsyncConnection, AsyncEngine
 from warnsvc.store.guard import store_errors
 from warnsvc.store.outbox import write_event
 

@@ -23,10 +23,10 @@ from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import and_, func, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.outbox import DEAD, DELIVERED, IN_FLIGHT, PENDING, Delivery, RetryDecision
 from warnsvc.store import schema
+from warnsvc.store.aio import AsyncConnection, AsyncEngine
 from warnsvc.store.guard import store_errors
 
 _CHUNK = 900

@@ -22,9 +22,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.store import schema
+from warnsvc.store.aio import AsyncConnection, AsyncEngine
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import LEADER_LOCK
 

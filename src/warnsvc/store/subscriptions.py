@@ -33,11 +33,11 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import RowMapping, String, and_, case, cast, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from warnsvc.filters import Filter
 from warnsvc.outbox import PENDING
 from warnsvc.store import schema
+from warnsvc.store.aio import AsyncConnection, AsyncEngine
 from warnsvc.store.driver import rows_with_ids
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import startup_lock

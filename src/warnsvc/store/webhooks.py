@@ -22,12 +22,12 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from warnsvc.filters import Filter
 from warnsvc.model import Event, EventType
 from warnsvc.outbox import IN_FLIGHT, PENDING
 from warnsvc.store import schema
+from warnsvc.store.aio import AsyncEngine
 from warnsvc.store.driver import rows_with_ids
 from warnsvc.store.guard import store_errors
 from warnsvc.store.locks import startup_lock
