@@ -14,11 +14,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from warnsvc.filters import Filter
 from warnsvc.store import schema
 from warnsvc.store import subscriptions as mailstore
 from warnsvc.store.db import Store
 from warnsvc.store.outbox import write_event
-from warnsvc.store.webhooks import generate_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNTED = ("events", "outbox", "email_subscribers", "webhook_endpoints")
@@ -34,41 +34,17 @@ def copy_script() -> str:
 
 async def fill(store: Store) -> None:
     now = datetime.now(UTC)
+    declared = [
+        mailstore.Declared(
+            address=f"reader{n}@example.org", name=None, mode="immediate", filters=Filter()
+        )
+        for n in range(3)
+    ]
+    await store.subscribers.sync_declared(declared, now=now)
+    await store.endpoints.create(
+        url="https://hooks.example.org/in", partner_id="ngo", now=now, endpoint_id="ep_copied"
+    )
     async with store.engine.begin() as conn:
-        await conn.execute(
-            schema.email_subscribers.insert(),
-            [
-                {
-                    "address": f"reader{n}@example.org",
-                    "name": f"Reader {n}",
-                    "origin": "api",
-                    "status": mailstore.ACTIVE,
-                    "mode": mailstore.IMMEDIATE,
-                    "filters": {},
-                    "unsubscribe_token": mailstore.new_token(),
-                    "hard_failures": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                    "confirmed_at": now,
-                }
-                for n in range(3)
-            ],
-        )
-        await conn.execute(
-            schema.webhook_endpoints.insert().values(
-                id="ep_copied",
-                partner_id="ngo",
-                url="https://hooks.example.org/in",
-                description="",
-                enabled=True,
-                static=False,
-                filters={},
-                secret=generate_secret(),
-                consecutive_failures=0,
-                created_at=now,
-                updated_at=now,
-            )
-        )
         await write_event(
             conn,
             event_id="evt_copied",
