@@ -148,13 +148,9 @@ class AsyncConnection:
         *,
         execution_options: Mapping[str, Any] | None = None,
     ) -> CursorResult[*tuple[Any, ...]]:
-        result = await greenlet_spawn(
-            self.sync_connection.execute,
-            statement,
-            parameters,
-            execution_options=_with_buffering(execution_options),
+        return await self._buffered(
+            self.sync_connection.execute, statement, parameters, execution_options
         )
-        return await _detached(result)
 
     async def exec_driver_sql(
         self,
@@ -164,13 +160,30 @@ class AsyncConnection:
         execution_options: Mapping[str, Any] | None = None,
     ) -> CursorResult[Any]:
         """A statement in the driver's own SQL and parameter style, with no compilation."""
-        result = await greenlet_spawn(
-            self.sync_connection.exec_driver_sql,
-            statement,
-            parameters,
-            execution_options=_with_buffering(execution_options),
+        return await self._buffered(
+            self.sync_connection.exec_driver_sql, statement, parameters, execution_options
         )
-        return await _detached(result)
+
+    async def _buffered(
+        self,
+        method: Callable[..., CursorResult[Any]],
+        statement: Any,
+        parameters: Any,
+        options: Mapping[str, Any] | None,
+    ) -> CursorResult[Any]:
+        """``method(statement, parameters)`` in a greenlet, its rows buffered and the driver's
+        cursor closed, as SQLAlchemy's own asyncio layer leaves a result: reading it then never
+        calls the driver, which only a greenlet may."""
+        buffered = _BUFFERED if not options else {**options, **_BUFFERED}
+        result = await greenlet_spawn(method, statement, parameters, execution_options=buffered)
+        # The asyncio drivers' cursor adapters close asynchronously; a result that returned no
+        # rows has closed its cursor already (None).
+        soft_close: Callable[[], Coroutine[Any, Any, None]] | None = getattr(
+            result.cursor, "_async_soft_close", None
+        )
+        if soft_close is not None:
+            await soft_close()
+        return result
 
     async def scalar(self, statement: Executable, parameters: Parameters = None) -> Any:
         return (await self.execute(statement, parameters)).scalar()
@@ -236,25 +249,6 @@ class AsyncTransaction:
 
     async def __aexit__(self, *exc: Any) -> None:
         await greenlet_spawn(self._exit, *exc)
-
-
-def _with_buffering(options: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return _BUFFERED if not options else {**options, **_BUFFERED}
-
-
-async def _detached(result: CursorResult[Any]) -> CursorResult[Any]:
-    """``result`` with its rows buffered and the driver's cursor closed, as SQLAlchemy's own
-    asyncio layer leaves it: reading it then never calls the driver, which only a greenlet may.
-
-    The asyncio drivers' cursor adapters have ``_async_soft_close`` since SQLAlchemy 2.0.44;
-    before that there was nothing to close.
-    """
-    soft_close: Callable[[], Coroutine[Any, Any, None]] | None = getattr(
-        result.cursor, "_async_soft_close", None
-    )
-    if soft_close is not None:
-        await soft_close()
-    return result
 
 
 async def _run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
