@@ -13,9 +13,19 @@ and answers 204 to ``POST /hook/<n>``. Two runs send the same number of requests
 
 The last line is one JSON object: throughput and baseline (requests/s), ratio, peak_rss_mb
 of this process, and the parts of the warnsvc run. ``cpu_us_per_delivery`` and
-``baseline_cpu_us_per_request`` are the CPU time this process (every thread) spent per request
-in each, and ``cpu_ratio`` the second over the first: on a machine shared with other jobs the
+``baseline_cpu_us_per_request`` are the CPU time this process (every thread, every
+dispatching replica, and on PostgreSQL the local server's processes too) spent per request in
+each, and ``cpu_ratio`` the second over the first: on a machine shared with other jobs the
 rates swing with the load, the CPU cost much less.
+
+``durable_us_per_delivery`` is what one delivery's durable part costs with no request at all: a
+second event is written for the same endpoints, and its rows claimed, their endpoints read,
+each body signed and the rows completed, batch by batch, as the dispatcher does (its parts:
+``durable_parts_us``; on PostgreSQL ``server`` is the server's share). ``cpu_ratio_ceiling``
+is the bare client's CPU per request over that plus the durable part: the CPU ratio warnsvc
+would reach if its request cost no more than the bare client's and nothing else (scheduling,
+retries, health) cost anything. A target above it cannot be met by one process keeping a row
+per delivery.
 
     python bench/webhook_fanout.py --endpoints 10000
 """
@@ -27,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -39,6 +50,7 @@ from typing import Any
 import aiohttp
 
 from loopback import free_port, serve_forever
+from warnsvc.channels.webhooks import encode_payload, sign_payload
 from warnsvc.config import parse_config
 from warnsvc.model import GCR2P_SCALE, Event, EventType
 from warnsvc.outbox import DELIVERED, IN_FLIGHT, PENDING
@@ -83,10 +95,10 @@ async def add_endpoints(parts: Components, base: str, count: int) -> None:
             await conn.execute(schema.webhook_endpoints.insert(), rows[start : start + 5000])
 
 
-def _event() -> Event:
+def _event(suffix: str = "") -> Event:
     now = datetime.now(UTC)
     return Event(
-        id=f"evt_bench{int(now.timestamp() * 1000):x}",
+        id=f"evt_bench{int(now.timestamp() * 1000):x}{suffix}",
         type=EventType.ESCALATED,
         source_id="gcr2p",
         source_name="Global Centre for the Responsibility to Protect",
@@ -156,6 +168,64 @@ async def _dispatch_until_done(parts: Components) -> int:
         await asyncio.sleep(0.005)  # rows another replica holds: look again
 
 
+def _server_cpu() -> float:
+    """CPU seconds (user + system) of the PostgreSQL server processes on this machine (Linux)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended
+            continue
+        name, _, rest = text.partition("(")[2].rpartition(")")
+        if name == "postgres":
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def durable_part(parts: Components, endpoints: int, batch: int) -> dict[str, float]:
+    """CPU per delivery of the durable part alone, no request: write a second event for the
+    same endpoints, then claim, read the endpoints, sign and complete its rows by batches.
+
+    On PostgreSQL, ``server_us`` is what the server's processes on this machine spent meanwhile
+    (included in the total: on a two-core machine they take their CPU from the same cores)."""
+    event = _event("d")
+    postgres = parts.store.engine.dialect.name == "postgresql"
+    server_started = _server_cpu() if postgres else 0.0
+    times = [time.process_time()]
+    await parts.store.record_event(event, parts.poller.recipients, now=datetime.now(UTC))
+    times.append(time.process_time())
+    parts_cpu = {"claim": 0.0, "endpoints": 0.0, "sign": 0.0, "complete": 0.0}
+    body, done = encode_payload(event.payload()), 0
+    while True:
+        started = time.process_time()
+        rows = await parts.store.outbox.claim("webhooks", now=datetime.now(UTC), limit=batch)
+        claimed = time.process_time()
+        parts_cpu["claim"] += claimed - started
+        if not rows:
+            break
+        targets = await parts.store.endpoints.targets(d.recipient for d in rows)
+        read = time.process_time()
+        timestamp = int(time.time())
+        for delivery in rows:
+            sign_payload(delivery.event_id, timestamp, body, targets[delivery.recipient].keys)
+        signed = time.process_time()
+        await parts.store.outbox.complete([d.id for d in rows], now=datetime.now(UTC), status=204)
+        parts_cpu["endpoints"] += read - claimed
+        parts_cpu["sign"] += signed - read
+        parts_cpu["complete"] += time.process_time() - signed
+        done += len(rows)
+    times.append(time.process_time())
+    server = _server_cpu() - server_started if postgres else 0.0
+    assert done == endpoints, f"claimed {done} of {endpoints}"
+    return {
+        "durable_us_per_delivery": (times[2] - times[0] + server) / endpoints * 1e6,
+        "write_us": (times[1] - times[0]) / endpoints * 1e6,
+        **{f"{k}_us": v / endpoints * 1e6 for k, v in parts_cpu.items()},
+        **({"server_us": server / endpoints * 1e6} if postgres else {}),
+    }
+
+
 def _replica(text: str, ready: Any, go: Any, results: Any) -> None:  # a child process
     async def run() -> None:
         parts = await build_components(
@@ -183,7 +253,7 @@ async def warnsvc_run(
     *,
     database: str | None = None,
     replicas: int = 1,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Write one event for ``endpoints`` endpoints and deliver it with ``replicas`` dispatching
     replicas: this process and ``replicas - 1`` child processes on the same database."""
     text = _settings_text(
@@ -203,23 +273,29 @@ async def warnsvc_run(
             if not await asyncio.to_thread(ready.wait, 60):
                 raise RuntimeError("a dispatching replica did not start")
 
+        postgres = parts.store.engine.dialect.name == "postgresql"
+        server_started = _server_cpu() if postgres else 0.0
         started, cpu_started = time.perf_counter(), time.process_time()
         await parts.store.record_event(_event(), parts.poller.recipients, now=datetime.now(UTC))
         written = time.perf_counter()
         go.set()
         tried = await _dispatch_until_done(parts)
         finished, cpu_finished = time.perf_counter(), time.process_time()
+        server = _server_cpu() - server_started if postgres else 0.0
         others = [await asyncio.to_thread(results.get, True, 60) for _ in children]
 
         delivered = (await parts.store.outbox.counts()).get(("webhooks", DELIVERED), 0)
         assert delivered == endpoints, f"only {delivered} of {endpoints} delivered"
         assert tried + sum(t for t, _ in others) == endpoints + 1  # and the feeds row
+        durable = await durable_part(parts, endpoints, batch)
         return {
+            "durable": durable,
             "throughput": endpoints / (finished - started),
             "write_seconds": written - started,
             "dispatch_seconds": finished - written,
             "dispatch_throughput": endpoints / (finished - written),
-            "cpu_seconds": cpu_finished - cpu_started + sum(c for _, c in others),
+            "cpu_seconds": cpu_finished - cpu_started + sum(c for _, c in others) + server,
+            "server_cpu_seconds": server,
             "shares": [tried, *(t for t, _ in others)],
         }
     finally:
@@ -286,6 +362,8 @@ async def main(
         child.terminate()
         child.join(5)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    key = "durable_us_per_delivery"
+    durable = ours["durable"][key]
     return {
         "store": store,
         "replicas": replicas,
@@ -304,6 +382,11 @@ async def main(
         "cpu_us_per_delivery": round(ours["cpu_seconds"] / endpoints * 1e6, 1),
         "baseline_cpu_us_per_request": round(min(cpu) / endpoints * 1e6, 1),
         "cpu_ratio": round(min(cpu) / ours["cpu_seconds"], 3),
+        "durable_us_per_delivery": round(durable, 1),
+        "durable_parts_us": {
+            k.removesuffix("_us"): round(v, 1) for k, v in ours["durable"].items() if k != key
+        },
+        "cpu_ratio_ceiling": round(min(cpu) / (min(cpu) + durable * endpoints / 1e6), 3),
         "requests_received": received,
     }
 
@@ -339,6 +422,8 @@ if __name__ == "__main__":
     print(
         f"{result['endpoints']} endpoints on {result['store']} with {result['replicas']} "
         f"replica(s): warnsvc {result['throughput']}/s (write {result['write_seconds']}s, "
-        f"dispatch {result['dispatch_seconds']}s), bare aiohttp {result['baseline']}/s"
+        f"dispatch {result['dispatch_seconds']}s), bare aiohttp {result['baseline']}/s; "
+        f"durable part alone {result['durable_us_per_delivery']} us/delivery, "
+        f"CPU ratio ceiling {result['cpu_ratio_ceiling']}"
     )
     print(json.dumps(result))
