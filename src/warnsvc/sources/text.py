@@ -77,8 +77,10 @@ def normalize_space(text: str) -> str:
 
     ``str.split()`` breaks on exactly the characters ``_SPACES`` matches (every character
     ``str.isspace()`` accepts), in C and several times faster than the regex on a page's text.
+    The invisible characters are all outside ASCII, and ``str.isascii()`` reads a flag CPython
+    keeps on every string, so an ASCII line is not searched for them.
     """
-    if any(mark in text for mark in _INVISIBLES):  # rare: skip the regex's scan when absent
+    if not text.isascii() and any(mark in text for mark in _INVISIBLES):  # rare: skip the scan
         text = _INVISIBLE.sub("", text)
     return " ".join(text.split())
 
