@@ -26,7 +26,10 @@ pydantic, aiosqlite, selectolax, PyYAML): the floor of any warnsvc process. None
 part of the ratio: all are already in the whole-process time. ``warm_cycle_seconds`` is the
 median of steady cycles over every source inside one process that stays up, as ``warnsvc
 run`` polls (imports, config and store paid once; unchanged pages not parsed again), and
-``warm_ratio`` urlwatch's whole run over it.
+``warm_ratio`` urlwatch's whole run over it. ``ratio_ceiling`` is urlwatch's run over the
+core imports plus that warm cycle: the best whole-process ratio if warnsvc's own imports,
+config and store cost nothing and its first cycle were as quick as a cycle in a process that
+has polled before.
 
 The last line is one JSON object: warnsvc_seconds, urlwatch_seconds (null when urlwatch is
 not installed), ratio (urlwatch / warnsvc; target >= 2), budget_seconds (the warnsvc time the
@@ -379,6 +382,7 @@ def main(
         # the whole warnsvc process the target allows: half of urlwatch's
         result["budget_seconds"] = round(result["urlwatch_seconds"] / 2, 3)
         result["warm_ratio"] = round(result["urlwatch_seconds"] / warm, 2)
+        result["ratio_ceiling"] = round(result["urlwatch_seconds"] / (floor + warm), 2)
     else:
         result["ratio"] = None
     return result
