@@ -27,8 +27,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
-from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from warnsvc import __version__, metrics
 from warnsvc.channels.base import Channel, ChannelContext, Plugged, Running
@@ -36,7 +34,6 @@ from warnsvc.channels.feeds import FEEDS_CHANNEL, FeedChannel, Feeds
 from warnsvc.channels.feeds import feed_settings as feed_settings  # the CLI's, from here
 from warnsvc.channels.registry import CHANNELS
 from warnsvc.channels.webhooks import WEBHOOKS_CHANNEL, Webhooks
-from warnsvc.cluster import Cluster
 from warnsvc.config import Settings, SourceSettings, load_config
 from warnsvc.detect import DetectionPolicy
 from warnsvc.dispatch import Dispatcher
@@ -54,11 +51,14 @@ from warnsvc.sources.registry import get_kind
 from warnsvc.store.db import Store
 from warnsvc.store.migrations import head_revisions, upgrade_apart
 from warnsvc.store.outbox import Outbox
-from warnsvc.web.api import WebhookApi
-from warnsvc.web.app import make_app
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the scheduler, the cluster and the web app: `warnsvc run` alone loads them
+    from aiohttp import web
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
     from warnsvc.channels.email import EmailParts
+    from warnsvc.cluster import Cluster
+    from warnsvc.web.api import WebhookApi
     from warnsvc.web.pages import Site
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,10 @@ class Service:
         self._dispatch_task = asyncio.create_task(self.parts.dispatcher.run(), name="dispatcher")
         for plugged in self.parts.plugged.values():
             plugged.start(self._running())
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        from warnsvc.cluster import Cluster
+
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.scheduler.start()
         http = self.settings.service.http
@@ -592,6 +596,10 @@ class Service:
         return Running(wake=self.parts.dispatcher.wake, leading=lambda: self.leading)
 
     async def _start_web(self) -> None:
+        from aiohttp import web
+
+        from warnsvc.web.app import make_app
+
         http = self.settings.service.http
         if self.parts is not None and self.parts.webhooks is not None:
             self.webhook_api = self.parts.webhooks.api(self.parts.dispatcher.wake)

@@ -1,7 +1,9 @@
 """What a service loads is what its config uses: built in a fresh interpreter, a service without
 an email section loads no SMTP client or template engine, and a source kind's module (with its
-parsing libraries) is loaded only when a source of that kind is configured. The config is still
-checked as a whole: an unknown kind fails ``check-config``, before anything runs."""
+parsing libraries) is loaded only when a source of that kind is configured, and the scheduler, the
+cluster and the web server only by ``warnsvc run`` (building the parts, as ``poll --once`` does,
+loads none of them). The config is still checked as a whole: an unknown kind fails
+``check-config``, before anything runs."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ EMAIL_CODE = ("aiosmtplib", "jinja2", "warnsvc.mail.smtp", "warnsvc.channels.ema
 FEED_KIND = ("feedparser", "defusedxml", "warnsvc.sources.feed")
 OTHER_KINDS = ("warnsvc.sources.cap", "warnsvc.sources.gcr2p", "warnsvc.sources.jsonapi")
 ORM = ("sqlalchemy.orm", "sqlalchemy.ext.asyncio")  # the store uses Core only (store/aio.py)
+SERVING = ("apscheduler", "aiohttp.web", "warnsvc.cluster", "warnsvc.web.app", "warnsvc.web.api")
 
 PAGE_SOURCE = """
   - id: page-1
@@ -83,7 +86,9 @@ def modules_after_build(config: Path) -> set[str]:
 def test_a_service_loads_only_the_code_its_config_uses(tmp_path: Path) -> None:
     loaded = modules_after_build(write_config(tmp_path, PAGE_SOURCE))
     assert "warnsvc.sources.page" in loaded
-    assert loaded.isdisjoint({*EMAIL_CODE, *FEED_KIND, *OTHER_KINDS, *ORM, "lxml", "feedgen"})
+    assert loaded.isdisjoint(
+        {*EMAIL_CODE, *FEED_KIND, *OTHER_KINDS, *ORM, *SERVING, "lxml", "feedgen"}
+    )
 
 
 def test_email_and_a_feed_source_load_their_code(tmp_path: Path) -> None:
