@@ -387,6 +387,8 @@ async def main(
             k.removesuffix("_us"): round(v, 1) for k, v in ours["durable"].items() if k != key
         },
         "cpu_ratio_ceiling": round(min(cpu) / (min(cpu) + durable * endpoints / 1e6), 3),
+        # on PostgreSQL: the local server's share of cpu_us_per_delivery
+        "server_cpu_us_per_delivery": round(ours["server_cpu_seconds"] / endpoints * 1e6, 1),
         "requests_received": received,
     }
 
