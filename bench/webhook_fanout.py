@@ -3,7 +3,8 @@
 A loopback aiohttp receiver runs in a child process (so it does not share the client's GIL)
 and answers 204 to ``POST /hook/<n>``. Two runs send the same number of requests to it:
 
-- ``throughput``: warnsvc. N endpoints (distinct paths) are registered in SQLite; the clock
+- ``throughput``: warnsvc. N endpoints (distinct paths) are registered in the store (SQLite,
+  or PostgreSQL with ``--store postgresql``); the clock
   starts when one event is written with its outbox rows (routing reads and filters every
   endpoint on the event's transaction) and stops when the dispatcher has claimed every row,
   signed it (Standard Webhooks HMAC), sent it through the SSRF-guarded keep-alive pool and
@@ -24,8 +25,9 @@ each body signed and the rows completed, batch by batch, as the dispatcher does 
 ``durable_parts_us``; on PostgreSQL ``server`` is the server's share). ``cpu_ratio_ceiling``
 is the bare client's CPU per request over that plus the durable part: the CPU ratio warnsvc
 would reach if its request cost no more than the bare client's and nothing else (scheduling,
-retries, health) cost anything. A target above it cannot be met by one process keeping a row
-per delivery.
+retries, health) cost anything: a CPU ratio above it cannot be met by one process keeping a
+row per delivery (the rate ratio can run a little higher, as the database's thread works on
+another core).
 
     python bench/webhook_fanout.py --endpoints 10000
 """
